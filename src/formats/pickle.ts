@@ -28,7 +28,7 @@ export class PyObject {
 }
 
 export class PyTuple extends Array<unknown> {
-  static from(items: unknown[]): PyTuple {
+  static fromItems(items: unknown[]): PyTuple {
     const t = new PyTuple();
     for (const x of items) t.push(x);
     return t;
@@ -310,28 +310,28 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
         fail('out-of-band buffers are not supported');
         break;
       case 0x29: // EMPTY_TUPLE
-        stack.push(PyTuple.from([]));
+        stack.push(PyTuple.fromItems([]));
         break;
       case 0x74: {
         // TUPLE (popMark first: `stack.push(f())` would bind the pre-mark stack before f runs)
         const items = popMark();
-        stack.push(PyTuple.from(items));
+        stack.push(PyTuple.fromItems(items));
         break;
       }
       case 0x85:
-        stack.push(PyTuple.from([pop()]));
+        stack.push(PyTuple.fromItems([pop()]));
         break;
       case 0x86: {
         const b = pop();
         const a = pop();
-        stack.push(PyTuple.from([a, b]));
+        stack.push(PyTuple.fromItems([a, b]));
         break;
       }
       case 0x87: {
         const c = pop();
         const b = pop();
         const a = pop();
-        stack.push(PyTuple.from([a, b, c]));
+        stack.push(PyTuple.fromItems([a, b, c]));
         break;
       }
       case 0x5d: // EMPTY_LIST

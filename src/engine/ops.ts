@@ -1,0 +1,103 @@
+// The op vocabulary every model is written against. Models are pure functions of (ops, weights, inputs): they never
+// call TensorFlow.js directly, so the same definition runs on the tfjs engine (the reference, on every tfjs backend)
+// and on other executors that implement this interface (e.g. a recorder that plans WebGPU dispatches).
+//
+// Conventions (chosen once, for every executor):
+// - images and feature maps are NHWC (channels last); conv weights are HWIO [kh, kw, cin, cout];
+// - linear weights are [in, out] (PyTorch's [out, in] transposed at load time), so linear(x) = x @ W + b;
+// - sequences are [batch, tokens, channels]; attention inputs are [batch, heads, tokens, headDim];
+// - every floating point tensor is float32; index tensors are int32.
+
+export type Padding = 'same' | 'valid' | [top: number, bottom: number, left: number, right: number];
+
+export interface Conv2dOptions {
+  stride?: number;
+  pad?: Padding;
+}
+
+export interface AttentionOptions {
+  /** Multiplies q k^T before the softmax; default 1/sqrt(headDim). */
+  scale?: number;
+  /** Query i may only see keys j <= i + (keys - queries) (causal, aligned to the end for cached decoding). */
+  causal?: boolean;
+}
+
+export interface ResizeOptions {
+  mode: 'bilinear' | 'bicubic';
+  /** PyTorch's align_corners; false = half-pixel centres. */
+  alignCorners: boolean;
+}
+
+export interface Ops<T> {
+  readonly name: string;
+
+  // Creating and reading tensors.
+  constant(data: Float32Array, shape: number[]): T;
+  constantInt(data: Int32Array, shape: number[]): T;
+  zeros(shape: number[]): T;
+  shape(x: T): number[];
+  read(x: T): Promise<Float32Array>;
+  readInt(x: T): Promise<Int32Array>;
+
+  // Layout.
+  reshape(x: T, shape: number[]): T;
+  transpose(x: T, perm: number[]): T;
+  concat(xs: T[], axis: number): T;
+  slice(x: T, begin: number[], size: number[]): T;
+  pad(x: T, paddings: [number, number][], value?: number): T;
+  /** Repeats each pixel 2x2 (nearest-neighbour upsampling by 2, NHWC). */
+  upsampleNearest2x(x: T): T;
+  resize(x: T, height: number, width: number, opts: ResizeOptions): T;
+
+  // Elementwise (numpy broadcasting).
+  add(a: T, b: T): T;
+  sub(a: T, b: T): T;
+  mul(a: T, b: T): T;
+  div(a: T, b: T): T;
+  scale(x: T, s: number): T;
+  addScalar(x: T, s: number): T;
+  neg(x: T): T;
+  exp(x: T): T;
+  log(x: T): T;
+  sqrt(x: T): T;
+  square(x: T): T;
+  abs(x: T): T;
+  sign(x: T): T;
+  asin(x: T): T;
+  sigmoid(x: T): T;
+  maximum(a: T, b: T): T;
+  minimum(a: T, b: T): T;
+  clamp(x: T, lo: number, hi: number): T;
+
+  // Activations.
+  swish(x: T): T;
+  /** Exact GELU with erf (minGPT's nn.GELU). */
+  gelu(x: T): T;
+  /** x * sigmoid(1.702 x) (CLIP). */
+  quickGelu(x: T): T;
+
+  // Reductions.
+  sum(x: T, axes?: number[], keepDims?: boolean): T;
+  mean(x: T, axes?: number[], keepDims?: boolean): T;
+  argmin(x: T, axis: number): T;
+  argmax(x: T, axis: number): T;
+  softmax(x: T): T;
+
+  // Layers.
+  matmul(a: T, b: T, transposeA?: boolean, transposeB?: boolean): T;
+  linear(x: T, weight: T, bias?: T): T;
+  conv2d(x: T, weight: T, bias: T | undefined, opts?: Conv2dOptions): T;
+  groupNorm(x: T, groups: number, gamma: T, beta: T, eps: number): T;
+  layerNorm(x: T, gamma: T, beta: T, eps: number): T;
+  attention(q: T, k: T, v: T, opts?: AttentionOptions): T;
+  /** Rows of `table` [N, D] at int32 `indices` [M] -> [M, D], differentiable w.r.t. the table. */
+  gatherRows(table: T, indices: T): T;
+  oneHot(indices: T, depth: number): T;
+
+  // Gradient routing (the pieces autograd frameworks lack).
+  /** Value of `value`, gradient passed unchanged to `gradTarget` (straight-through estimator, ReplaceGrad). */
+  straightThrough(value: T, gradTarget: T): T;
+  stopGradient(x: T): T;
+  /** clamp whose gradient passes outside the range only when descent points back inside (ClampWithGrad). */
+  clampWithGrad(x: T, lo: number, hi: number): T;
+}
