@@ -15,6 +15,7 @@ import {
   parseStory,
   readPromptFile,
   storyPhraseAt,
+  type NoisePromptSpec,
 } from '../src/pipelines/prompts.ts';
 
 const tws = (p: { text: string; weight: number; stop: number }) => [p.text, p.weight, p.stop];
@@ -133,7 +134,7 @@ test('noise prompts: seed[:weight[:stop]] and a deterministic embedding per seed
   assert.equal(p.weight, 0.5);
   assert.equal(p.stop, -Infinity);
   assert.equal(parseNoisePrompt(' 7 ').weight, 1);
-  assert.deepEqual(parsePromptList('1|2:-0.3', 'noise').map((q) => [(q as { seed: number }).seed, q.weight]), [[1, 1], [2, -0.3]]);
+  assert.deepEqual(parsePromptList('1|2:-0.3', 'noise').map((q) => [(q as NoisePromptSpec).seed, q.weight]), [[1, 1], [2, -0.3]]);
   userError(() => parseNoisePrompt('abc:1'), /noise prompt seed in 'abc:1'.*not a whole number/, 'bad seed');
   userError(() => parseNoisePrompt('1.5'), /not a whole number/, 'fractional seed');
   userError(() => parseNoisePrompt(':1'), /noise prompt ':1' has no seed/, 'no seed');
