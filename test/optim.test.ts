@@ -167,7 +167,7 @@ test('every optimiser follows torch 1.13 formulas (float64 reference) over 6 ste
     const hp = optimizerHyper(name, over);
     const rng = new Rng(11).fork(`${name}-${JSON.stringify(over)}`);
     const p0 = rng.fillNormal(new Float32Array(n));
-    let pRef = Float64Array.from(p0);
+    let pRef: Float64Array = Float64Array.from(p0);
     const sRef: Ref = { step: 0, buf: {} };
     let p = o.constant(p0, [n]);
     let state: OptimizerState<tf.Tensor> = initialOptimizerState();
