@@ -1,0 +1,417 @@
+// taming-transformers' minGPT (taming/modules/transformer/mingpt.py GPT), the prior of Net2NetTransformer
+// checkpoints, written as pure functions of (ops, config, weights, inputs) against the op vocabulary.
+//
+//   x = tok_emb(idx) + pos_emb[:, :t]
+//   per block: x = x + attn(ln1(x));  x = x + mlp(ln2(x))      (pre-LN, LayerNorm eps 1e-5)
+//     attn: separate key/query/value Linear(C,C) with bias, heads as view(B,T,nh,hs), softmax(q k^T / sqrt(hs))
+//           with the causal mask, proj Linear(C,C);  mlp: Linear(C,4C) -> exact-erf GELU -> Linear(4C,C)
+//   logits = head(ln_f(x))                                      (head: Linear(C,vocab), no bias)
+//
+// `gptForward` runs a whole sequence (GPT.forward); `gptStep` runs new tokens after a key/value cache
+// (forward_with_past: position embeddings start at the cache length; a single new token needs no mask).
+import { FormatError, asFloat32 } from '../formats/host-tensor.ts';
+import { readTamingConfig, type GptConfig, type TransformerConfig } from '../formats/taming-config.ts';
+import type { Ops } from '../engine/ops.ts';
+import { UserError } from '../cli/errors.ts';
+import { WeightMap, linearToInOut } from './weights.ts';
+import { downsamplingFactor, vqganWeights, type VqganWeights } from './vqgan.ts';
+import { findConfig, openStateDict, resolveCheckpoint } from './vqgan-load.ts';
+
+export type { GptConfig };
+
+const LN_EPS = 1e-5;
+
+export interface Linear<T> {
+  /** [in, out] */
+  w: T;
+  b?: T;
+}
+
+export interface LayerNorm<T> {
+  gamma: T;
+  beta: T;
+}
+
+export interface GptBlock<T> {
+  ln1: LayerNorm<T>;
+  key: Linear<T>;
+  query: Linear<T>;
+  value: Linear<T>;
+  proj: Linear<T>;
+  ln2: LayerNorm<T>;
+  fc: Linear<T>;
+  fcOut: Linear<T>;
+}
+
+export interface GptWeights<T> {
+  /** [vocab, C] */
+  tokEmb: T;
+  /** [block_size, C] */
+  posEmb: T;
+  blocks: GptBlock<T>[];
+  lnF: LayerNorm<T>;
+  /** [C, vocab] */
+  head: T;
+}
+
+/** Key/value cache of every block: k and v are [B, heads, length, headDim]. */
+export interface KvCache<T> {
+  length: number;
+  layers: { k: T; v: T }[];
+}
+
+/** Records the residual stream after each block (`blocks.N`) and the final `ln_f` output. */
+export type GptTaps<T> = (name: string, value: T) => void;
+
+function layerNorm<T>(o: Ops<T>, ln: LayerNorm<T>, x: T): T {
+  return o.layerNorm(x, ln.gamma, ln.beta, LN_EPS);
+}
+
+function linear<T>(o: Ops<T>, l: Linear<T>, x: T): T {
+  return o.linear(x, l.w, l.b);
+}
+
+/** [B,T,C] -> [B,heads,T,hs] */
+function splitHeads<T>(o: Ops<T>, x: T, b: number, t: number, heads: number, hs: number): T {
+  return o.transpose(o.reshape(x, [b, t, heads, hs]), [0, 2, 1, 3]);
+}
+
+/** tok_emb(idx) + pos_emb[start:start+t] for int32 idx [B,T]. */
+function embed<T>(o: Ops<T>, cfg: GptConfig, w: GptWeights<T>, idx: T, start: number): T {
+  const [b, t] = o.shape(idx);
+  if (start + t > cfg.blockSize) {
+    throw new RangeError(`GPT context of ${start + t} tokens exceeds the model's block_size ${cfg.blockSize}`);
+  }
+  const tok = o.reshape(o.gatherRows(w.tokEmb, o.reshape(idx, [b * t])), [b, t, cfg.nEmbd]);
+  return o.add(tok, o.slice(w.posEmb, [start, 0], [t, cfg.nEmbd]));
+}
+
+/**
+ * One transformer block over x [B,T,C]. With `past` (the block's cached keys/values) the new queries attend to
+ * the cached keys followed by their own (causal among the new ones, which is no mask at all for one token).
+ * Returns the block output and the keys/values including the new ones.
+ */
+function block<T>(o: Ops<T>, cfg: GptConfig, w: GptBlock<T>, x: T, past?: { k: T; v: T }): { x: T; k: T; v: T } {
+  const [b, t] = o.shape(x);
+  const heads = cfg.nHead;
+  const hs = cfg.nEmbd / heads;
+  const h = layerNorm(o, w.ln1, x);
+  let k = splitHeads(o, linear(o, w.key, h), b, t, heads, hs);
+  const q = splitHeads(o, linear(o, w.query, h), b, t, heads, hs);
+  let v = splitHeads(o, linear(o, w.value, h), b, t, heads, hs);
+  if (past) {
+    k = o.concat([past.k, k], 2);
+    v = o.concat([past.v, v], 2);
+  }
+  const y = o.attention(q, k, v, { causal: t > 1 });
+  const merged = o.reshape(o.transpose(y, [0, 2, 1, 3]), [b, t, cfg.nEmbd]);
+  const x1 = o.add(x, linear(o, w.proj, merged));
+  const m = linear(o, w.fcOut, o.gelu(linear(o, w.fc, layerNorm(o, w.ln2, x1))));
+  return { x: o.add(x1, m), k, v };
+}
+
+function headLogits<T>(o: Ops<T>, w: GptWeights<T>, x: T, tap?: GptTaps<T>): T {
+  const h = layerNorm(o, w.lnF, x);
+  tap?.('ln_f', h);
+  return o.linear(h, w.head);
+}
+
+/** GPT.forward: int32 idx [B,T] (T <= block_size) -> logits [B,T,vocab]. */
+export function gptForward<T>(o: Ops<T>, cfg: GptConfig, w: GptWeights<T>, idx: T, tap?: GptTaps<T>): T {
+  let x = embed(o, cfg, w, idx, 0);
+  w.blocks.forEach((bw, i) => {
+    x = block(o, cfg, bw, x).x;
+    tap?.(`blocks.${i}`, x);
+  });
+  return headLogits(o, w, x, tap);
+}
+
+/**
+ * forward_with_past: int32 idx [B,Tnew] placed after `cache` (positions cache.length ...). Returns the logits
+ * [B,Tnew,vocab] (with `lastOnly`, [B,1,vocab] of the last new token) and the cache extended by the new tokens (the old cache's tensors are not reused by the new
+ * one; the caller frees them). Tnew > 1 (e.g. several conditioning tokens) is causal among the new tokens.
+ *
+ * The cache grows by concatenation, which copies it: O(length) bytes per token per layer. In tfjs there is no
+ * in-place update (a preallocated buffer would be rewritten whole by any scatter), and at the released model's
+ * sizes the copy is small next to reading the weights (measured in src/bench/gpt.ts).
+ */
+export function gptStep<T>(
+  o: Ops<T>,
+  cfg: GptConfig,
+  w: GptWeights<T>,
+  idx: T,
+  cache?: KvCache<T>,
+  opts: { lastOnly?: boolean } = {},
+): { logits: T; cache: KvCache<T> } {
+  const start = cache?.length ?? 0;
+  const [b, t] = o.shape(idx);
+  let x = embed(o, cfg, w, idx, start);
+  const layers: { k: T; v: T }[] = [];
+  w.blocks.forEach((bw, i) => {
+    const r = block(o, cfg, bw, x, cache?.layers[i]);
+    x = r.x;
+    layers.push({ k: r.k, v: r.v });
+  });
+  // Sampling only needs the last position: skip the vocabulary projection of the others (lastOnly).
+  if (opts.lastOnly && t > 1) x = o.slice(x, [0, t - 1, 0], [b, 1, cfg.nEmbd]);
+  return { logits: headLogits(o, w, x), cache: { length: start + t, layers } };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Weights: `transformer.*` of a Net2NetTransformer state dict (pass wm.sub('transformer.')), shapes checked
+// against the config; linear weights turned to [in, out]. The causal-mask buffers `blocks.N.attn.mask` are not
+// weights and are skipped.
+
+const MASK_KEY = /^blocks\.\d+\.attn\.mask$/;
+
+/** The GPT parameters of a Net2NetTransformer state dict, from the `transformer.` view of it. */
+export function gptWeights<T>(o: Ops<T>, wm: WeightMap, cfg: GptConfig): GptWeights<T> {
+  const keys = wm.keys();
+  if (keys.filter((k) => !MASK_KEY.test(k)).length === 0) {
+    throw new FormatError(
+      wm.file,
+      'holds no transformer weights (no "transformer.*" keys)',
+      'pass a Net2NetTransformer checkpoint (e.g. cin_transformer, ffhq or celebahq transformer), not a VQGAN checkpoint',
+    );
+  }
+  const C = cfg.nEmbd;
+  const V = cfg.vocabSize;
+  const used = new Set<string>();
+  const get = (key: string, shape: number[]) => {
+    used.add(key);
+    return wm.get(key, shape);
+  };
+  const vec = (key: string, n: number): T => o.constant(asFloat32(get(key, [n])), [n]);
+  const lin = (prefix: string, cin: number, cout: number, bias = true): Linear<T> => {
+    const t = linearToInOut(get(`${prefix}.weight`, [cout, cin]));
+    return { w: o.constant(t.data, t.shape), b: bias ? vec(`${prefix}.bias`, cout) : undefined };
+  };
+  const ln = (prefix: string): LayerNorm<T> => ({ gamma: vec(`${prefix}.weight`, C), beta: vec(`${prefix}.bias`, C) });
+
+  const tokEmb = o.constant(asFloat32(get('tok_emb.weight', [V, C])), [V, C]);
+  const posEmb = o.constant(asFloat32(get('pos_emb', [1, cfg.blockSize, C])), [cfg.blockSize, C]);
+  const blocks: GptBlock<T>[] = [];
+  for (let i = 0; i < cfg.nLayer; i++) {
+    const p = `blocks.${i}`;
+    blocks.push({
+      ln1: ln(`${p}.ln1`),
+      key: lin(`${p}.attn.key`, C, C),
+      query: lin(`${p}.attn.query`, C, C),
+      value: lin(`${p}.attn.value`, C, C),
+      proj: lin(`${p}.attn.proj`, C, C),
+      ln2: ln(`${p}.ln2`),
+      fc: lin(`${p}.mlp.0`, C, 4 * C),
+      fcOut: lin(`${p}.mlp.2`, 4 * C, C),
+    });
+  }
+  const lnF = ln('ln_f');
+  const head = lin('head', C, V, false).w;
+  for (const key of keys) {
+    if (used.has(key) || MASK_KEY.test(key)) continue;
+    throw new FormatError(
+      wm.file,
+      `weight "transformer.${key}" (shape [${wm.shapeOf(key)}]) is not part of the GPT the config describes (n_layer ${cfg.nLayer})`,
+      'the config (.yaml) does not match this checkpoint; use the config published with it',
+    );
+  }
+  return { tokEmb, posEmb, blocks, lnF, head };
+}
+
+/** Every tensor of a GPT weights record (to dispose it). */
+export function gptWeightTensors<T>(w: GptWeights<T>): T[] {
+  const out: T[] = [w.tokEmb, w.posEmb, w.lnF.gamma, w.lnF.beta, w.head];
+  for (const b of w.blocks) {
+    for (const l of [b.key, b.query, b.value, b.proj, b.fc, b.fcOut]) out.push(l.w, ...(l.b ? [l.b] : []));
+    out.push(b.ln1.gamma, b.ln1.beta, b.ln2.gamma, b.ln2.beta);
+  }
+  return out;
+}
+
+/** Parameter count of a GPT config (for reports). */
+export function gptParameterCount(cfg: GptConfig): number {
+  const C = cfg.nEmbd;
+  const perBlock = 4 * (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C) + 4 * C;
+  return cfg.vocabSize * C + cfg.blockSize * C + cfg.nLayer * perBlock + 2 * C + C * cfg.vocabSize;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Permuters (taming/modules/transformer/permuter.py): the order in which the prior sees the code grid.
+// forward(x) = x[:, forward_idx]: sequence position s holds raster position forward_idx[s].
+
+export interface Permuter {
+  name: string;
+  /** Raster position of each sequence position. */
+  forward: Int32Array;
+  /** Sequence (permuted) order -> raster (row-major) order: raster[r] = seq[inverse[r]]. */
+  toRaster(seq: Int32Array): Int32Array;
+}
+
+function permuter(name: string, forward: number[] | Int32Array): Permuter {
+  const fwd = Int32Array.from(forward);
+  const inverse = new Int32Array(fwd.length);
+  fwd.forEach((r, s) => (inverse[r] = s));
+  return { name, forward: fwd, toRaster: (seq) => Int32Array.from(inverse, (s) => seq[s]) };
+}
+
+function subsampleOrder(H: number, W: number): number[] {
+  // indices (C,H,W) -> reshape (C,H/2,2,W/2,2) -> transpose (0,2,4,1,3) -> (4C,H/2,W/2), until 1x1.
+  let idx = Array.from({ length: H * W }, (_, i) => i);
+  let C = 1;
+  while (Math.min(H, W) > 1) {
+    const h2 = Math.floor(H / 2);
+    const w2 = Math.floor(W / 2);
+    const next: number[] = [];
+    for (let c = 0; c < C; c++)
+      for (let a = 0; a < 2; a++)
+        for (let b = 0; b < 2; b++)
+          for (let y = 0; y < h2; y++) for (let x = 0; x < w2; x++) next.push(idx[c * H * W + (2 * y + a) * W + (2 * x + b)]);
+    idx = next;
+    H = h2;
+    W = w2;
+    C *= 4;
+  }
+  return idx;
+}
+
+function morton(i: number, j: number): number {
+  let z = 0;
+  for (let pos = 0; pos < 16; pos++) z += (((j >> pos) & 1) * 2 ** (2 * pos)) + (((i >> pos) & 1) * 2 ** (2 * pos + 1));
+  return z;
+}
+
+function spiralOrder(size: number): number[] {
+  const at = (i: number, j: number) => i * size + j;
+  let i = size / 2;
+  let j = size / 2 - 1;
+  const idx = [at(i, j)];
+  let step = 0;
+  for (let c = 1; c <= size / 2; c++) {
+    step++;
+    for (let k = 0; k < step; k++) idx.push(at(--i, j));
+    for (let k = 0; k < step; k++) idx.push(at(i, ++j));
+    step++;
+    if (c < size / 2) {
+      for (let k = 0; k < step; k++) idx.push(at(++i, j));
+      for (let k = 0; k < step; k++) idx.push(at(i, --j));
+    } else {
+      for (let k = 0; k < step - 1; k++) idx.push(at(++i, j));
+    }
+  }
+  return idx;
+}
+
+/** The permuter a config names, for the trained code grid H x W. */
+export function makePermuter(target: string, H: number, W: number, file = '<config>'): Permuter {
+  const name = target.split('.').pop() ?? target;
+  const bad = (why: string): never => {
+    throw new FormatError(file, `permuter ${name} ${why}`, 'use a model trained with the Identity permuter, or its published config');
+  };
+  const pow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
+  switch (name) {
+    case 'Identity':
+    case 'identity':
+      return permuter('Identity', Array.from({ length: H * W }, (_, i) => i));
+    case 'Subsample':
+      if (!pow2(H) || H !== W) bad(`needs a square power-of-two grid (got ${H}x${W})`);
+      return permuter(name, subsampleOrder(H, W));
+    case 'ZCurve': {
+      if (!pow2(H) || H !== W) bad(`needs a square power-of-two grid (got ${H}x${W})`);
+      const codes = Array.from({ length: H * W }, (_, r) => morton(Math.floor(r / W), r % W));
+      const order = Array.from(codes.keys()).sort((a, b) => codes[a] - codes[b]);
+      return permuter(name, order);
+    }
+    case 'SpiralOut':
+    case 'SpiralIn': {
+      if (H !== W || H % 2) bad(`needs a square grid of even size (got ${H}x${W})`);
+      const order = spiralOrder(H);
+      return permuter(name, name === 'SpiralIn' ? order.reverse() : order);
+    }
+    case 'AlternateParsing': {
+      const order: number[] = [];
+      for (let i = 0; i < H; i++) for (let j = 0; j < W; j++) order.push(i * W + (i % 2 ? W - 1 - j : j));
+      return permuter(name, order);
+    }
+    default:
+      // Random draws numpy's RandomState(1) permutation (Mersenne Twister), not reproduced here.
+      return bad('is not supported (supported: Identity, Subsample, ZCurve, SpiralOut, SpiralIn, AlternateParsing)');
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The prior of a Net2NetTransformer checkpoint: GPT + first stage (same checkpoint) + conditioning + permuter.
+
+export interface Prior<T> {
+  checkpoint: string;
+  configFile: string;
+  config: TransformerConfig;
+  gpt: GptWeights<T>;
+  /** The checkpoint's own first stage (`first_stage_model.*`), decoder only. */
+  firstStage: VqganWeights<T>;
+  /** First-stage downsampling factor. */
+  factor: number;
+  /** The code grid [rows, cols] the prior was trained on (first-stage resolution / factor). */
+  grid: [number, number];
+  permuter: Permuter;
+}
+
+/**
+ * The conditioning token: the class label itself for class-conditional models (Labelator: no offset, it shares
+ * the embedding row of the code with the same number), the SOS token (default 0) for unconditional ones.
+ */
+export function condToken<T>(prior: Prior<T>, classLabel?: number): number {
+  const cond = prior.config.cond;
+  if (cond.kind === 'unconditional') {
+    if (classLabel !== undefined) {
+      throw new UserError(`${prior.checkpoint} is an unconditional model: a class label does not apply`, 'omit --class, or use a class-conditional model such as cin_transformer');
+    }
+    return cond.sosToken;
+  }
+  if (cond.kind === 'class') {
+    if (classLabel === undefined) throw new UserError(`${prior.checkpoint} is class-conditional: name a class`, `pass --class N with N in 0..${cond.nClasses - 1}`);
+    if (!Number.isInteger(classLabel) || classLabel < 0 || classLabel >= cond.nClasses) {
+      throw new UserError(`class ${classLabel} is out of range: this model has ${cond.nClasses} classes`, `pass --class N with N in 0..${cond.nClasses - 1}`);
+    }
+    return classLabel;
+  }
+  throw new UserError(`${prior.checkpoint} is conditioned on ${cond.target}, which sampling does not support`, 'use a class-conditional or unconditional model');
+}
+
+/**
+ * Loads a Net2NetTransformer checkpoint (a file, or a folder holding one) with its YAML (found beside it when not
+ * given): the GPT from `transformer.*` and the first stage's decoder from `first_stage_model.*`.
+ */
+export async function loadPrior<T>(o: Ops<T>, ckptPath: string, configPath?: string): Promise<Prior<T>> {
+  const checkpoint = resolveCheckpoint(ckptPath);
+  const configFile = configPath ?? findConfig(checkpoint);
+  if (!configFile) {
+    throw new FormatError(checkpoint, 'no config found next to the checkpoint', `pass --config, or put the model's .yaml beside it as ${checkpoint.replace(/\.[^./]+$/, '')}.yaml`);
+  }
+  const tc = readTamingConfig(configFile);
+  if (tc.kind !== 'transformer') {
+    throw new FormatError(configFile, 'describes a VQGAN first stage, not a Net2NetTransformer: there is no prior to sample from', 'pass a transformer checkpoint and its config (e.g. cin_transformer, ffhq or celebahq transformer)');
+  }
+  const config = tc.model;
+  if (config.cond.kind === 'other') {
+    throw new FormatError(configFile, `conditions on ${config.cond.target}, which sampling does not support`, 'use a class-conditional (Labelator) or unconditional transformer');
+  }
+  const { gpt, firstStage } = config;
+  const factor = downsamplingFactor(firstStage);
+  const res = firstStage.ddconfig.resolution;
+  if (res % factor) throw new FormatError(configFile, `first stage resolution ${res} is not a multiple of its downsampling factor ${factor}`);
+  const grid: [number, number] = [res / factor, res / factor];
+  const condMax = config.cond.kind === 'class' ? config.cond.nClasses - 1 : config.cond.sosToken;
+  if (condMax >= gpt.vocabSize) throw new FormatError(configFile, `conditioning token ${condMax} does not fit the vocabulary of ${gpt.vocabSize}`);
+  if (grid[0] * grid[1] > gpt.blockSize) {
+    throw new FormatError(configFile, `the ${grid[0]}x${grid[1]} code grid needs ${grid[0] * grid[1]} positions but block_size is ${gpt.blockSize}`);
+  }
+  const permuter = makePermuter(config.permuter, grid[0], grid[1], configFile);
+  const sd = await openStateDict(checkpoint);
+  try {
+    const wm = new WeightMap(checkpoint, sd.tensors);
+    const gptW = gptWeights(o, wm.sub('transformer.'), gpt);
+    const fsW = vqganWeights(o, wm.sub('first_stage_model.'), firstStage, { encoder: false });
+    return { checkpoint, configFile, config, gpt: gptW, firstStage: fsW, factor, grid, permuter };
+  } finally {
+    sd.close();
+  }
+}
