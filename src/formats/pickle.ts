@@ -5,7 +5,12 @@
 // least one byte per opcode, so corrupt input ends in a PickleError, never a hang or an out-of-memory crash.
 
 export class PickleError extends Error {
-  constructor(message: string, readonly offset: number) {
+  constructor(
+    message: string,
+    readonly offset: number,
+    /** Set when the input ended early: the input length that would have been needed to go on (at least). */
+    readonly needBytes?: number,
+  ) {
     super(`${message} at byte ${offset}`);
     this.name = 'PickleError';
   }
@@ -45,7 +50,18 @@ export interface UnpickleOptions {
   persistentLoad?: (pid: unknown) => unknown;
   /** Stops the parse early when the allowed work is exceeded (defence against pathological inputs). */
   maxMemo?: number;
+  /** Most opcodes executed: bounds the objects (and memory) a hostile pickle can create. */
+  maxOps?: number;
+  /** Deepest MARK nesting allowed (real pickles nest a few levels). */
+  maxDepth?: number;
 }
+
+/** Longest integer literal accepted (Python's own default limit for decimal text is 4300 digits). */
+const MAX_INT_DIGITS = 4300;
+/** Longest LONG1/LONG4 payload accepted; real pickles use a few bytes (torch's legacy magic number is 10). */
+const MAX_LONG_BYTES = 4096;
+/** Most arguments an allow-listed function is called with (torch's rebuild functions take at most 7). */
+const MAX_CALL_ARGS = 64;
 
 export interface UnpickleResult {
   value: unknown;
@@ -53,8 +69,6 @@ export interface UnpickleResult {
   end: number;
   unknownGlobals: string[];
 }
-
-const MARK = Symbol('mark');
 
 /** An allow-listed global as it sits in the pickle before it is called (e.g. a storage type inside a persistent id). */
 export class AllowedGlobal {
@@ -65,6 +79,9 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const globals = opts.globals ?? {};
   const maxMemo = opts.maxMemo ?? 10_000_000;
+  const maxOps = opts.maxOps ?? 8_000_000;
+  const maxDepth = opts.maxDepth ?? 10_000;
+  let ops = 0;
   const unknown = new Set<string>();
   let pos = start;
   let stack: unknown[] = [];
@@ -77,7 +94,8 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
     throw new PickleError(msg, pos);
   };
   const need = (n: number) => {
-    if (n < 0 || pos + n > bytes.length) fail(`truncated pickle: need ${n} bytes`);
+    if (n < 0) fail('negative length');
+    if (pos + n > bytes.length) throw new PickleError(`truncated pickle: need ${n} bytes`, pos, pos + n);
   };
   const u8 = () => {
     need(1);
@@ -105,7 +123,7 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
     need(8);
     const v = view.getBigUint64(pos, true);
     pos += 8;
-    if (v > BigInt(bytes.length)) fail(`length ${v} exceeds the input`);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) fail(`length ${v} is absurd`);
     return Number(v);
   };
   const take = (n: number) => {
@@ -116,7 +134,7 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
   };
   const line = () => {
     const e = bytes.indexOf(0x0a, pos);
-    if (e < 0) fail('unterminated text line');
+    if (e < 0) throw new PickleError('unterminated text line', pos, bytes.length + 1);
     const s = latin1.decode(bytes.subarray(pos, e));
     pos = e + 1;
     return s;
@@ -137,9 +155,17 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
   };
   const decodeLong = (b: Uint8Array): number | bigint => {
     if (b.length === 0) return 0;
-    let v = 0n;
-    for (let i = b.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]);
+    if (b.length > MAX_LONG_BYTES) fail(`integer of ${b.length} bytes is too long`);
+    // Little-endian two's complement; one hex parse keeps this linear in the length.
+    let hexDigits = '';
+    for (let i = b.length - 1; i >= 0; i--) hexDigits += b[i].toString(16).padStart(2, '0');
+    let v = BigInt(`0x${hexDigits}`);
     if (b[b.length - 1] & 0x80) v -= 1n << BigInt(8 * b.length);
+    return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+  };
+  const parseDecimal = (s: string, what: string): number | bigint => {
+    if (s.length > MAX_INT_DIGITS + 1 || !/^[-+]?\d+$/.test(s)) fail(`bad ${what}`);
+    const v = BigInt(s);
     return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
   };
   const findGlobal = (module: string, name: string): unknown => {
@@ -150,7 +176,15 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
     return new PyGlobal(module, name);
   };
   const call = (callable: unknown, args: unknown[]): unknown => {
-    if (callable instanceof AllowedGlobal) return callable.fn(...args);
+    if (callable instanceof AllowedGlobal) {
+      if (args.length > MAX_CALL_ARGS) fail(`${callable.key} called with ${args.length} arguments`);
+      try {
+        return callable.fn(...args);
+      } catch (err) {
+        if (err instanceof PickleError) throw err;
+        return fail(`${callable.key}: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
     if (callable instanceof PyGlobal) return new PyObject(callable, args);
     // Calling a non-global (e.g. a record) is never meaningful in the files we read: keep it inert.
     return new PyObject(callable, args);
@@ -174,7 +208,18 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
     return memo.get(i);
   };
 
+  const persistent = (pid: unknown): unknown => {
+    if (!opts.persistentLoad) return fail('persistent id without a loader');
+    try {
+      return opts.persistentLoad(pid);
+    } catch (err) {
+      if (err instanceof PickleError) throw err;
+      return fail(err instanceof Error ? err.message : String(err));
+    }
+  };
+
   for (;;) {
+    if (++ops > maxOps) fail(`more than ${maxOps} opcodes: not a checkpoint pickle`);
     const op = u8();
     switch (op) {
       case 0x80: // PROTO
@@ -186,6 +231,7 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
       case 0x2e: // STOP
         return { value: pop(), end: pos, unknownGlobals: [...unknown] };
       case 0x28: // MARK
+        if (metastack.length >= maxDepth) fail(`nesting deeper than ${maxDepth}`);
         metastack.push(stack);
         stack = [];
         break;
@@ -213,11 +259,7 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
         const s = line();
         if (s === '01') stack.push(true);
         else if (s === '00') stack.push(false);
-        else {
-          if (!/^[-+]?\d+$/.test(s)) fail('bad INT');
-          const v = BigInt(s);
-          stack.push(v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
-        }
+        else stack.push(parseDecimal(s, 'INT'));
         break;
       }
       case 0x4a: // BININT
@@ -231,10 +273,7 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
         break;
       case 0x4c: {
         // LONG (text)
-        const s = line().replace(/L$/, '');
-        if (!/^[-+]?\d+$/.test(s)) fail('bad LONG');
-        const v = BigInt(s);
-        stack.push(v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
+        stack.push(parseDecimal(line().replace(/L$/, ''), 'LONG'));
         break;
       }
       case 0x8a: // LONG1
@@ -472,14 +511,12 @@ export function unpickle(bytes: Uint8Array, start = 0, opts: UnpickleOptions = {
       }
       case 0x50: {
         // PERSID (text)
-        const pid = line();
-        stack.push(opts.persistentLoad ? opts.persistentLoad(pid) : fail('persistent id without a loader'));
+        stack.push(persistent(line()));
         break;
       }
       case 0x51: {
         // BINPERSID
-        const pid = pop();
-        stack.push(opts.persistentLoad ? opts.persistentLoad(pid) : fail('persistent id without a loader'));
+        stack.push(persistent(pop()));
         break;
       }
       case 0x67: {

@@ -25,10 +25,15 @@ export const RAW_DTYPES: Record<string, RawDType> = {
 export function decodeElements(bytes: Uint8Array, dtype: RawDType, count: number): HostData {
   const need = count * dtype.bytes;
   if (bytes.length < need) throw new Error(`need ${need} bytes, have ${bytes.length}`);
-  // Copy into an aligned buffer first: file offsets are not aligned to the element size in general.
-  const aligned = new Uint8Array(need);
-  aligned.set(bytes.subarray(0, need));
-  const buf = aligned.buffer;
+  // A buffer that holds exactly these bytes (what the readers allocate per tensor) is used in place; anything else
+  // (a slice of a larger buffer, possibly unaligned for the element type) is copied first.
+  let buf: ArrayBuffer;
+  if (bytes.byteOffset === 0 && bytes.buffer.byteLength === need && bytes.buffer instanceof ArrayBuffer) buf = bytes.buffer;
+  else {
+    const aligned = new Uint8Array(need);
+    aligned.set(bytes.subarray(0, need));
+    buf = aligned.buffer;
+  }
   switch (dtype.name) {
     case 'float32':
       return new Float32Array(buf);

@@ -1,15 +1,19 @@
 // PyTorch checkpoints: the zip format (torch >= 1.6, incl. TorchScript archives) and the legacy pickle-stream
 // format (torch.save(..., _use_new_zipfile_serialization=False)). The pickled object tree is rebuilt by the
 // restricted unpickler; tensors become LazyTensor records that point into the file and are read on demand, so a
-// multi-GB checkpoint opens in milliseconds and only the tensors a model needs are ever read.
-import fs from 'node:fs';
+// multi-GB checkpoint opens in milliseconds and only the tensors a model needs are ever read. Every size a header
+// claims is checked against the file before anything is allocated, and every failure is a FormatError that names
+// the file.
 import { FormatError, numel, type HostTensor } from './host-tensor.ts';
-import { AllowedGlobal, PickleError, PyObject, unpickle } from './pickle.ts';
+import { AllowedGlobal, PickleError, PyGlobal, PyObject, unpickle } from './pickle.ts';
 import { RAW_DTYPES, contiguousStrides, decodeElements, gatherStrided, type RawDType } from './raw.ts';
+import { BufferSource, type ByteSource, toSource } from './source.ts';
 import { ZipArchive, isZip } from './zip.ts';
 
 /** Refuse tensors with more elements than this before allocating anything (16 G elements = 64 GB of float32). */
 const MAX_TENSOR_ELEMENTS = 2 ** 34;
+/** Largest object pickle accepted: real ones are a few MB even for checkpoints with 100k tensors. */
+const MAX_PICKLE_BYTES = 64 * 2 ** 20;
 
 const STORAGE_TYPES: Record<string, RawDType> = {
   FloatStorage: RAW_DTYPES.float32,
@@ -42,6 +46,12 @@ const TORCH_DTYPES: Record<string, RawDType> = {
   bool: RAW_DTYPES.bool,
 };
 
+/**
+ * The parameters and buffers of OpenAI's released CLIP TorchScript archives that `clip.model.build_model` deletes
+ * before building the model (0-d int64 values). stateDict() keeps them; model loaders simply never ask for them.
+ */
+export const CLIP_TORCHSCRIPT_EXTRAS = ['input_resolution', 'context_length', 'vocab_size'] as const;
+
 /** A storage (flat typed buffer) inside a checkpoint file. */
 export interface StorageRef {
   key: string;
@@ -49,6 +59,8 @@ export interface StorageRef {
   numel: number;
   /** Reads `count` elements starting at element `start`. */
   readElements(start: number, count: number): Uint8Array;
+  /** The file it lives in, for error messages. */
+  file?: string;
 }
 
 /** A tensor view into a storage, not yet read. */
@@ -65,21 +77,63 @@ export class LazyTensor {
     return numel(this.shape);
   }
 
-  /** Reads the tensor: only its extent of the storage; views with offsets and strides are honoured. */
-  read(): HostTensor {
-    const n = this.numel;
-    if (n === 0) return { dtype: this.dtype.host, shape: [...this.shape], data: decodeElements(new Uint8Array(0), this.dtype, 0) };
+  /** Elements of the storage the view spans, from `offset` (1 past the largest index). */
+  get extent(): number {
+    if (this.numel === 0) return 0;
     let extent = 1;
     for (let d = 0; d < this.shape.length; d++) extent += (this.shape[d] - 1) * this.strides[d];
-    const bytes = this.storage.readElements(this.offset, extent);
-    const flat = decodeElements(bytes, this.dtype, extent);
-    const contiguous = this.strides.every((s, d) => s === contiguousStrides(this.shape)[d] || this.shape[d] === 1);
-    const data = contiguous && extent === n ? flat : gatherStrided(flat, this.shape, this.strides, 0);
-    return { dtype: this.dtype.host, shape: [...this.shape], data };
+    return extent;
+  }
+
+  /** Reads the tensor: only its extent of the storage; views with offsets and strides are honoured. */
+  read(): HostTensor {
+    try {
+      const n = this.numel;
+      const extent = this.extent;
+      const bytes = extent ? this.storage.readElements(this.offset, extent) : new Uint8Array(0);
+      const flat = decodeElements(bytes, this.dtype, extent);
+      const data = extent === n && isContiguous(this.shape, this.strides) ? flat : gatherStrided(flat, this.shape, this.strides, 0);
+      return { dtype: this.dtype.host, shape: [...this.shape], data };
+    } catch (err) {
+      if (err instanceof FormatError) throw err;
+      throw new FormatError(this.storage.file ?? '<checkpoint>', `cannot read tensor data of storage ${this.storage.key}: ${(err as Error).message}`, 'the file is corrupt');
+    }
+  }
+
+  /** The tensor's raw little-endian bytes in its stored dtype, contiguous (for lossless conversion). */
+  readRaw(): Uint8Array {
+    const n = this.numel;
+    const extent = this.extent;
+    const bytes = extent ? this.storage.readElements(this.offset, extent) : new Uint8Array(0);
+    if (extent === n && isContiguous(this.shape, this.strides)) return bytes;
+    // Gather element-sized byte groups: view the bytes as elements of an integer type of the same width.
+    const w = this.dtype.bytes;
+    const aligned = new Uint8Array(bytes.length);
+    aligned.set(bytes);
+    const asInts = w === 8 ? new BigInt64Array(aligned.buffer) : w === 4 ? new Int32Array(aligned.buffer) : w === 2 ? new Int16Array(aligned.buffer) : aligned;
+    const out = gatherStrided(asInts, this.shape, this.strides, 0);
+    return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   }
 }
 
+function isContiguous(shape: number[], strides: number[]): boolean {
+  const c = contiguousStrides(shape);
+  return strides.every((s, d) => s === c[d] || shape[d] === 1);
+}
+
 export type TorchFormat = 'zip' | 'legacy' | 'torchscript';
+
+/** Where a storage's bytes are: a zip entry, or a byte offset in a legacy stream. */
+export interface StorageInfo {
+  key: string;
+  dtype: string;
+  numel: number;
+  bytes: number;
+  /** Zip entry name (zip/TorchScript) ... */
+  entry?: string;
+  /** ... or the absolute offset of the data in a legacy file (its int64 element count sits just before). */
+  dataOffset?: number;
+}
 
 export interface TorchFile {
   path: string;
@@ -88,12 +142,16 @@ export interface TorchFile {
   root: unknown;
   /** Globals the file names that are not on the allow-list (kept as inert records, never executed). */
   unknownGlobals: string[];
+  /** Every storage the object pickle referenced. */
+  storages: StorageInfo[];
+  /** Size of the file in bytes. */
+  size: number;
   close(): void;
 }
 
 function asIntArray(v: unknown, what: string): number[] {
-  if (!Array.isArray(v) || !v.every((x) => Number.isSafeInteger(x))) throw new Error(`${what} is not a list of integers`);
-  return v as number[];
+  if (!Array.isArray(v) || v.length > 64 || !v.every((x) => Number.isSafeInteger(x))) throw new Error(`${what} is not a list of integers`);
+  return [...(v as number[])];
 }
 
 /** Builds a LazyTensor, checking that the view fits in its storage before anything is allocated. */
@@ -105,14 +163,19 @@ function rebuildTensor(storage: unknown, offset: unknown, size: unknown, stride:
   if (!Number.isSafeInteger(offset) || (offset as number) < 0) throw new Error('bad storage offset');
   if (shape.length !== strides.length) throw new Error(`size has ${shape.length} dims but stride has ${strides.length}`);
   if (shape.some((d) => d < 0) || strides.some((s) => s < 0)) throw new Error('negative size or stride');
-  const n = numel(shape);
-  if (n > MAX_TENSOR_ELEMENTS) throw new Error(`tensor of ${n} elements is implausibly large`);
+  let n = 1;
+  for (const d of shape) {
+    n *= d;
+    if (n > MAX_TENSOR_ELEMENTS) throw new Error(`tensor of shape [${shape}] is implausibly large`);
+  }
+  const dtype = dtypeOverride ?? st.dtype;
+  if (dtype.bytes !== st.dtype.bytes) throw new Error(`tensor of ${dtype.name} on a ${st.dtype.name} storage`);
   if (n > 0) {
     let last = offset as number;
     for (let d = 0; d < shape.length; d++) last += (shape[d] - 1) * strides[d];
-    if (last >= st.numel) throw new Error(`tensor view [${shape}] at offset ${offset} exceeds its storage of ${st.numel} elements`);
+    if (!(last < st.numel)) throw new Error(`tensor view [${shape}] at offset ${offset} exceeds its storage of ${st.numel} elements`);
   }
-  return new LazyTensor(st, dtypeOverride ?? st.dtype, shape, strides, offset as number);
+  return new LazyTensor(st, dtype, shape, strides, offset as number);
 }
 
 function torchGlobals(): Record<string, (...args: unknown[]) => unknown> {
@@ -126,6 +189,11 @@ function torchGlobals(): Record<string, (...args: unknown[]) => unknown> {
     'torch._utils._rebuild_parameter_with_state': (data) => data,
     'torch.Size': (dims) => dims,
     'builtins.set': (items) => new Set(Array.isArray(items) ? items : []),
+    // Protocol-2 pickles of Python 3 bytes objects: _codecs.encode(text, 'latin1').
+    '_codecs.encode': (text, encoding) => {
+      if (typeof text !== 'string' || (encoding !== 'latin1' && encoding !== 'latin-1')) throw new Error('unsupported _codecs.encode call');
+      return Uint8Array.from(text, (c) => c.charCodeAt(0) & 0xff);
+    },
   };
   // Storage classes and dtypes appear as values, never called; they still must be recognised, not reported.
   const inert = () => {
@@ -140,120 +208,134 @@ function torchGlobals(): Record<string, (...args: unknown[]) => unknown> {
 }
 
 function storageDType(type: unknown): RawDType {
-  if (!(type instanceof AllowedGlobal)) throw new Error('storage of an unknown type');
+  if (!(type instanceof AllowedGlobal)) throw new Error(`storage of an unknown type${type instanceof PyGlobal ? ` ${type.qualified}` : ''}`);
   const name = type.key.split('.').pop()!;
   const dt = STORAGE_TYPES[name];
   if (!dt) throw new Error(`unsupported storage type ${type.key}`);
   return dt;
 }
 
-/** Opens a checkpoint of either format. Errors name the file and what is wrong. */
-export async function openTorchFile(path: string): Promise<TorchFile> {
-  let head: Buffer;
-  let size: number;
-  try {
-    const fd = fs.openSync(path, 'r');
-    try {
-      size = fs.fstatSync(fd).size;
-      head = Buffer.alloc(Math.min(16, size));
-      fs.readSync(fd, head, 0, head.length, 0);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new FormatError(path, code === 'ENOENT' ? 'file not found' : `cannot read (${code ?? String(err)})`);
-  }
-  if (size === 0) throw new FormatError(path, 'file is empty', 'the download or copy did not finish');
-  try {
-    if (isZip(head)) return await openZip(path);
-    if (head[0] === 0x80) return openLegacy(path, size);
-  } catch (err) {
-    if (err instanceof FormatError) throw err;
-    throw new FormatError(path, describe(err), 'the file is corrupt or truncated; download it again');
-  }
-  throw new FormatError(path, 'not a PyTorch checkpoint (neither a zip archive nor a pickle stream)');
+function storageCount(count: unknown, key: string): number {
+  if (!Number.isSafeInteger(count) || (count as number) < 0) throw new Error(`storage ${key} has a bad element count`);
+  return count as number;
 }
 
 function describe(err: unknown): string {
-  if (err instanceof PickleError) return `corrupt pickle: ${err.message}`;
-  if (err instanceof RangeError) return `corrupt data: ${err.message}`;
+  if (err instanceof PickleError) return `corrupt object pickle: ${err.message}`;
   return err instanceof Error ? err.message : String(err);
 }
 
-async function openZip(path: string): Promise<TorchFile> {
-  const zip = await ZipArchive.open(path);
+export interface OpenOptions {
+  /** Check CRC-32s of zip entries when they are read whole (default true). */
+  verifyChecksums?: boolean;
+}
+
+/** Opens a checkpoint of either format from a path or a byte source. Errors name the file and what is wrong. */
+export async function openTorchFile(input: string | ByteSource, opts: OpenOptions = {}): Promise<TorchFile> {
+  const src = toSource(input);
+  const owns = typeof input === 'string';
   try {
-    const pkl = [...zip.entries.keys()].filter((n) => n.endsWith('data.pkl') && n.split('/').length === 2).sort()[0];
+    if (src.size === 0) throw new FormatError(src.name, 'file is empty', 'the download or copy did not finish');
+    const head = src.read(0, Math.min(16, src.size));
+    if (isZip(head)) return await openZip(src, owns, opts);
+    if (head[0] === 0x80) return openLegacy(src, owns);
+    throw new FormatError(src.name, 'not a PyTorch checkpoint (neither a zip archive nor a pickle stream)');
+  } catch (err) {
+    if (owns) src.close();
+    if (err instanceof FormatError) throw err;
+    throw new FormatError(src.name, describe(err), 'the file is corrupt or truncated; download it again');
+  }
+}
+
+/** A checkpoint already in memory (tests, data fetched elsewhere). */
+export function openTorchBuffer(bytes: Uint8Array, name: string, opts: OpenOptions = {}): Promise<TorchFile> {
+  return openTorchFile(new BufferSource(bytes, name), opts);
+}
+
+async function openZip(src: ByteSource, owns: boolean, opts: OpenOptions): Promise<TorchFile> {
+  const path = src.name;
+  const zip = await ZipArchive.open(src);
+  zip.verifyChecksums = opts.verifyChecksums ?? true;
+  {
+    const names = [...zip.entries.keys()];
+    const pkl = names.filter((n) => n.endsWith('/data.pkl') && n.split('/').length === 2).sort()[0] ?? (zip.entries.has('data.pkl') ? 'data.pkl' : undefined);
     if (!pkl) throw new FormatError(path, 'zip archive without a <name>/data.pkl entry', 'not a torch.save file');
     const prefix = pkl.slice(0, -'data.pkl'.length);
-    const format: TorchFormat = zip.entries.has(`${prefix}constants.pkl`) || [...zip.entries.keys()].some((n) => n.startsWith(`${prefix}code/`)) ? 'torchscript' : 'zip';
+    const format: TorchFormat = zip.entries.has(`${prefix}constants.pkl`) || names.some((n) => n.startsWith(`${prefix}code/`)) ? 'torchscript' : 'zip';
     const storages = new Map<string, StorageRef>();
+    const infos: StorageInfo[] = [];
     const persistentLoad = (pid: unknown): StorageRef => {
       if (!Array.isArray(pid) || pid[0] !== 'storage' || pid.length < 5) throw new Error('unsupported persistent id');
       const [, type, key, , count] = pid as [string, unknown, unknown, unknown, unknown];
       if (typeof key !== 'string') throw new Error('storage key is not a string');
-      const seen = storages.get(key);
-      if (seen) return seen;
       const dtype = storageDType(type);
-      if (!Number.isSafeInteger(count) || (count as number) < 0) throw new Error(`storage ${key} has a bad element count`);
-      const entry = zip.entries.get(`${prefix}data/${key}`);
-      if (!entry) throw new Error(`storage ${key} has no data entry`);
-      if ((count as number) * dtype.bytes > entry.size) {
-        throw new Error(`storage ${key} claims ${count} x ${dtype.bytes} bytes but its entry holds ${entry.size}`);
+      const n = storageCount(count, key);
+      const seen = storages.get(key);
+      if (seen) {
+        if (seen.dtype !== dtype || seen.numel !== n) throw new Error(`storage ${key} is described two different ways`);
+        return seen;
       }
+      const name = `${prefix}data/${key}`;
+      const entry = zip.entries.get(name);
+      if (!entry) throw new Error(`storage ${key} has no data entry ${name}`);
+      // torch writes exactly numel * element size bytes per storage; anything else is a corrupt header.
+      if (n * dtype.bytes !== entry.size) throw new Error(`storage ${key} claims ${n} x ${dtype.bytes} bytes but its entry holds ${entry.size}`);
       const ref: StorageRef = {
         key,
         dtype,
-        numel: count as number,
-        readElements: (start, n) => zip.readRange(entry, start * dtype.bytes, n * dtype.bytes),
+        numel: n,
+        file: path,
+        readElements: (start, count) => zip.readRange(entry, start * dtype.bytes, count * dtype.bytes),
       };
       storages.set(key, ref);
+      infos.push({ key, dtype: dtype.name, numel: n, bytes: entry.size, entry: name });
       return ref;
     };
-    const bytes = zip.readEntry(zip.entries.get(pkl)!);
+    const bytes = zip.readEntry(zip.entries.get(pkl)!, MAX_PICKLE_BYTES);
     const res = unpickle(bytes, 0, { globals: torchGlobals(), persistentLoad });
-    return { path, format, root: res.value, unknownGlobals: res.unknownGlobals, close: () => zip.close() };
-  } catch (err) {
-    zip.close();
-    throw err;
+    return {
+      path,
+      format,
+      root: res.value,
+      unknownGlobals: res.unknownGlobals,
+      storages: infos,
+      size: src.size,
+      close: () => {
+        if (owns) src.close();
+      },
+    };
   }
 }
 
 const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
 
-function openLegacy(path: string, size: number): TorchFile {
-  const fd = fs.openSync(path, 'r');
-  try {
-    // The pickles sit at the start of the file, followed by the raw storages. Read a window that grows until the
-    // pickles parse, so a multi-GB file is never read whole.
-    let window = Math.min(size, 1 << 22);
-    for (;;) {
-      const buf = Buffer.alloc(window);
-      fs.readSync(fd, buf, 0, window, 0);
-      try {
-        return parseLegacy(path, fd, buf, size);
-      } catch (err) {
-        const truncated = err instanceof PickleError && /truncated|unterminated/.test(err.message);
-        if (!truncated || window >= size) throw err;
-        window = Math.min(size, window * 4);
+function openLegacy(src: ByteSource, owns: boolean): TorchFile {
+  // The pickles sit at the start of the file, followed by the raw storages. Read a window that grows until the
+  // pickles parse, so a multi-GB file is never read whole.
+  let window = Math.min(src.size, 1 << 22);
+  for (;;) {
+    const buf = src.read(0, window);
+    try {
+      return parseLegacy(src, buf, owns);
+    } catch (err) {
+      if (!(err instanceof PickleError) || err.needBytes === undefined) throw err;
+      if (err.needBytes > src.size || window >= src.size) {
+        throw new FormatError(src.name, `truncated: the object pickle needs ${err.needBytes} bytes, the file has ${src.size}`, 'download the file again');
       }
+      if (err.needBytes > MAX_PICKLE_BYTES) throw new FormatError(src.name, `object pickle larger than ${MAX_PICKLE_BYTES} bytes`, 'not a checkpoint, or corrupt');
+      window = Math.min(src.size, MAX_PICKLE_BYTES, Math.max(err.needBytes, window * 4));
     }
-  } catch (err) {
-    fs.closeSync(fd);
-    throw err;
   }
 }
 
-function parseLegacy(path: string, fd: number, buf: Buffer, size: number): TorchFile {
+function parseLegacy(src: ByteSource, buf: Buffer, owns: boolean): TorchFile {
+  const path = src.name;
   const noGlobals = { globals: {} };
   const magic = unpickle(buf, 0, noGlobals);
-  if (magic.value !== LEGACY_MAGIC) {
-    throw new FormatError(path, 'pickle stream without the torch magic number', 'not a torch.save file');
-  }
+  if (magic.value !== LEGACY_MAGIC) throw new FormatError(path, 'pickle stream without the torch magic number', 'not a torch.save file');
   const proto = unpickle(buf, magic.end, noGlobals);
-  if (proto.value !== 1001) throw new FormatError(path, `unsupported legacy protocol ${String(proto.value)}`);
-  const sysInfo = unpickle(buf, proto.end, { globals: {} });
+  if (proto.value !== 1001) throw new FormatError(path, `unsupported legacy protocol ${String(proto.value).slice(0, 40)}`);
+  const sysInfo = unpickle(buf, proto.end, noGlobals);
   const info = sysInfo.value instanceof Map ? sysInfo.value : new Map();
   if (info.get('little_endian') === false) throw new FormatError(path, 'big-endian checkpoints are not supported');
 
@@ -261,27 +343,28 @@ function parseLegacy(path: string, fd: number, buf: Buffer, size: number): Torch
     dataOffset: number;
   }
   const storages = new Map<string, LegacyStorage>();
-  const views: { root: LegacyStorage; viewKey: string; offset: number; count: number; ref: StorageRef }[] = [];
+  const views = new Map<string, { root: LegacyStorage; offset: number; count: number; ref: StorageRef }>();
   const persistentLoad = (pid: unknown): StorageRef => {
     if (!Array.isArray(pid) || pid[0] !== 'storage' || pid.length < 5) throw new Error('unsupported persistent id');
     const [, type, key, , count, viewMeta] = pid as unknown[];
     if (typeof key !== 'string') throw new Error('storage key is not a string');
     const dtype = storageDType(type);
-    if (!Number.isSafeInteger(count) || (count as number) < 0) throw new Error(`storage ${key} has a bad element count`);
+    const n = storageCount(count, key);
     let root = storages.get(key);
+    if (root && (root.dtype !== dtype || root.numel !== n)) throw new Error(`storage ${key} is described two different ways`);
     if (!root) {
+      // A storage cannot hold more bytes than the file: refuse absurd counts before any allocation.
+      if (n * dtype.bytes > src.size) throw new Error(`storage ${key} claims ${n} elements (${n * dtype.bytes} bytes), more than the whole file`);
       const r: LegacyStorage = {
         key,
         dtype,
-        numel: count as number,
+        numel: n,
+        file: path,
         dataOffset: -1,
-        readElements: (start, n) => {
+        readElements: (start, count) => {
           if (r.dataOffset < 0) throw new Error(`storage ${key} has no data`);
-          if (start < 0 || start + n > r.numel) throw new Error(`read outside storage ${key}`);
-          const out = Buffer.alloc(n * dtype.bytes);
-          const got = fs.readSync(fd, out, 0, out.length, r.dataOffset + start * dtype.bytes);
-          if (got !== out.length) throw new Error(`storage ${key} is truncated`);
-          return out;
+          if (start < 0 || start + count > r.numel) throw new Error(`read outside storage ${key}`);
+          return src.read(r.dataOffset + start * dtype.bytes, count * dtype.bytes);
         },
       };
       root = r;
@@ -289,57 +372,68 @@ function parseLegacy(path: string, fd: number, buf: Buffer, size: number): Torch
     }
     if (viewMeta == null) return root;
     // Pre-1.0 storage views: (view_key, offset, view_size) into the root storage.
-    const [viewKey, offset, viewSize] = asIntArrayLoose(viewMeta);
-    const existing = views.find((v) => v.viewKey === String(viewKey));
+    if (!Array.isArray(viewMeta) || viewMeta.length < 3) throw new Error('bad storage view metadata');
+    const [viewKey, offset, viewSize] = viewMeta as unknown[];
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(viewSize) || (offset as number) < 0 || (viewSize as number) < 0) {
+      throw new Error('bad storage view metadata');
+    }
+    if ((offset as number) + (viewSize as number) > n) throw new Error(`storage view ${String(viewKey)} exceeds its root storage`);
+    const existing = views.get(String(viewKey));
     if (existing) return existing.ref;
     const rootRef = root;
     const ref: StorageRef = {
       key: String(viewKey),
       dtype,
       numel: viewSize as number,
-      readElements: (start, n) => {
-        if (start + n > (viewSize as number)) throw new Error('read outside storage view');
-        return rootRef.readElements((offset as number) + start, n);
+      file: path,
+      readElements: (start, cnt) => {
+        if (start + cnt > (viewSize as number)) throw new Error('read outside storage view');
+        return rootRef.readElements((offset as number) + start, cnt);
       },
     };
-    views.push({ root, viewKey: String(viewKey), offset: offset as number, count: viewSize as number, ref });
+    views.set(String(viewKey), { root, offset: offset as number, count: viewSize as number, ref });
     return ref;
   };
   const main = unpickle(buf, sysInfo.end, { globals: torchGlobals(), persistentLoad });
   const keyList = unpickle(buf, main.end, noGlobals);
   if (!Array.isArray(keyList.value)) throw new FormatError(path, 'storage key list missing after the object pickle');
   let pos = keyList.end;
+  const infos: StorageInfo[] = [];
+  const placed = new Set<string>();
   for (const key of keyList.value as unknown[]) {
     const st = storages.get(String(key));
-    if (!st) throw new FormatError(path, `storage ${String(key)} listed but never used`);
-    const nb = Buffer.alloc(8);
-    if (pos + 8 > size || fs.readSync(fd, nb, 0, 8, pos) !== 8) throw new FormatError(path, `truncated before storage ${st.key}`, 'download the file again');
-    const count = nb.readBigInt64LE(0);
-    if (count !== BigInt(st.numel)) throw new FormatError(path, `storage ${st.key} holds ${count} elements, the pickle says ${st.numel}`);
+    if (!st) throw new FormatError(path, `storage ${String(key).slice(0, 40)} listed but never used`);
+    if (placed.has(st.key)) throw new FormatError(path, `storage ${st.key} listed twice`);
+    placed.add(st.key);
+    if (pos + 8 > src.size) throw new FormatError(path, `truncated before storage ${st.key}`, 'download the file again');
+    const count = src.read(pos, 8).readBigInt64LE(0);
+    if (count !== BigInt(st.numel)) throw new FormatError(path, `storage ${st.key} holds ${count} elements, the pickle says ${st.numel}`, 'the file is corrupt');
     st.dataOffset = pos + 8;
     pos = st.dataOffset + st.numel * st.dtype.bytes;
-    if (pos > size) throw new FormatError(path, `storage ${st.key} is truncated (file ends at byte ${size}, data needs ${pos})`, 'download the file again');
+    if (pos > src.size) throw new FormatError(path, `storage ${st.key} is truncated (file ends at byte ${src.size}, data needs ${pos})`, 'download the file again');
+    infos.push({ key: st.key, dtype: st.dtype.name, numel: st.numel, bytes: st.numel * st.dtype.bytes, dataOffset: st.dataOffset });
   }
-  for (const v of views) {
-    if (v.offset < 0 || v.offset + v.count > v.root.numel) throw new FormatError(path, `storage view ${v.viewKey} exceeds its root storage`);
-  }
+  for (const st of storages.values()) if (!placed.has(st.key)) throw new FormatError(path, `storage ${st.key} is used but its data is missing`, 'the file is corrupt');
   const unknownGlobals = [...new Set([...sysInfo.unknownGlobals, ...main.unknownGlobals])];
-  return { path, format: 'legacy', root: main.value, unknownGlobals, close: () => fs.closeSync(fd) };
-}
-
-function asIntArrayLoose(v: unknown): unknown[] {
-  if (!Array.isArray(v) || v.length < 3) throw new Error('bad storage view metadata');
-  if (!Number.isSafeInteger(v[1]) || !Number.isSafeInteger(v[2]) || (v[1] as number) < 0 || (v[2] as number) < 0) {
-    throw new Error('bad storage view metadata');
-  }
-  return v;
+  return {
+    path,
+    format: 'legacy',
+    root: main.value,
+    unknownGlobals,
+    storages: infos,
+    size: src.size,
+    close: () => {
+      if (owns) src.close();
+    },
+  };
 }
 
 /**
  * The model weights in a checkpoint, keyed as `model.state_dict()` names them:
  * - Lightning / taming checkpoints: the `state_dict` entry;
  * - plain `torch.save(model.state_dict())` files and Hugging Face `pytorch_model.bin`: the root dict;
- * - TorchScript archives: parameters and buffers found by walking the module tree.
+ * - TorchScript archives: parameters and buffers found by walking the module tree (OpenAI's CLIP archives also
+ *   hold CLIP_TORCHSCRIPT_EXTRAS, which are kept).
  */
 export function stateDict(file: TorchFile): Map<string, LazyTensor> {
   if (file.format === 'torchscript') return moduleTreeTensors(file.root);
@@ -361,22 +455,59 @@ function tensorEntries(m: Map<unknown, unknown>): Map<string, LazyTensor> {
   return out;
 }
 
-/** Walks a pickled module tree (TorchScript data.pkl): each module's BUILD state holds its tensors and children. */
+/** Walks a pickled module tree (TorchScript data.pkl): each module's BUILD state holds its tensors and children.
+ *  Iterative (no recursion limit on deep trees) and cycle-safe (memo references can make cycles). */
 function moduleTreeTensors(root: unknown): Map<string, LazyTensor> {
   const out = new Map<string, LazyTensor>();
   const seen = new Set<unknown>();
-  const visit = (obj: unknown, prefix: string) => {
-    if (!(obj instanceof PyObject) || seen.has(obj)) return;
+  // Depth-first, children in attribute order, the same order module.state_dict() uses for traced modules.
+  const todo: [unknown, string][] = [[root, '']];
+  while (todo.length) {
+    const [obj, prefix] = todo.pop()!;
+    if (!(obj instanceof PyObject) || seen.has(obj)) continue;
     seen.add(obj);
-    const state = obj.state;
-    const items: [unknown, unknown][] = state instanceof Map ? [...state.entries()] : obj.dictItems;
+    const items: [unknown, unknown][] = obj.state instanceof Map ? [...obj.state.entries()] : obj.dictItems;
+    const children: [unknown, string][] = [];
     for (const [k, v] of items) {
       if (typeof k !== 'string') continue;
       const name = prefix ? `${prefix}.${k}` : k;
       if (v instanceof LazyTensor) out.set(name, v);
-      else if (v instanceof PyObject) visit(v, name);
+      else if (v instanceof PyObject) children.push([v, name]);
     }
-  };
-  visit(root, '');
+    for (let i = children.length - 1; i >= 0; i--) todo.push(children[i]);
+  }
+  return out;
+}
+
+/**
+ * Every tensor reachable from the unpickled object, with a readable path (e.g. `optimizer_states[0].state[179].exp_avg`),
+ * including those outside the state dict. Iterative and cycle-safe; each tensor object is listed once.
+ */
+export function allTensors(root: unknown, limit = 1_000_000): Map<string, LazyTensor> {
+  const out = new Map<string, LazyTensor>();
+  const seen = new Set<unknown>();
+  const todo: [unknown, string][] = [[root, '']];
+  const keyName = (k: unknown): string => (typeof k === 'string' ? k : typeof k === 'number' || typeof k === 'bigint' ? String(k) : k instanceof PyGlobal ? k.qualified : '?');
+  while (todo.length && out.size < limit) {
+    const [obj, path] = todo.pop()!;
+    if (obj instanceof LazyTensor) {
+      if (!seen.has(obj)) out.set(path || '<root>', obj);
+      seen.add(obj);
+      continue;
+    }
+    if (!obj || typeof obj !== 'object' || seen.has(obj)) continue;
+    seen.add(obj);
+    const kids: [unknown, string][] = [];
+    if (obj instanceof Map) for (const [k, v] of obj) kids.push([v, path ? `${path}.${keyName(k)}` : keyName(k)]);
+    else if (Array.isArray(obj)) obj.forEach((v, i) => kids.push([v, `${path}[${i}]`]));
+    else if (obj instanceof Set) [...obj].forEach((v, i) => kids.push([v, `${path}{${i}}`]));
+    else if (obj instanceof PyObject) {
+      kids.push([obj.state, path]);
+      obj.args.forEach((v, i) => kids.push([v, `${path}(${i})`]));
+      obj.items.forEach((v, i) => kids.push([v, `${path}[${i}]`]));
+      for (const [k, v] of obj.dictItems) kids.push([v, path ? `${path}.${keyName(k)}` : keyName(k)]);
+    }
+    for (let i = kids.length - 1; i >= 0; i--) todo.push(kids[i]);
+  }
   return out;
 }
