@@ -6,6 +6,7 @@ import { reportError } from './errors.ts';
 const commands: { default: unknown }[] = [
   // Each module exports a yargs CommandModule as `default`.
   // (commands are registered here)
+  await import('./commands/weights.ts'),
 ];
 
 try {
