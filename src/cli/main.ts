@@ -7,6 +7,9 @@ const commands: { default: unknown }[] = [
   // Each module exports a yargs CommandModule as `default`.
   // (commands are registered here)
   await import('./commands/weights.ts'),
+  await import('./commands/reconstruct.ts'),
+  await import('./commands/encode.ts'),
+  await import('./commands/decode.ts'),
 ];
 
 try {
