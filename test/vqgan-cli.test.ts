@@ -116,7 +116,7 @@ describe('vqclip reconstruct / encode / decode', { skip }, () => {
 
   test('missing files, bad config, bad codes are clear errors', async () => {
     await assert.rejects(runReconstruct({ image: out('none.png'), ckpt, output: out('x1.png') }), (e: unknown) => e instanceof FormatError && /none\.png: image not found/.test(e.message));
-    await assert.rejects(runReconstruct({ image: img32, ckpt: out('none.ckpt'), output: out('x2.png') }), (e: unknown) => e instanceof FormatError && /none\.ckpt: checkpoint not found/.test(e.message));
+    await assert.rejects(runReconstruct({ image: img32, ckpt: out('none.ckpt'), output: out('x2.png') }), (e: unknown) => e instanceof FormatError && /none\.ckpt: not found/.test(e.message));
     await assert.rejects(runDecode({ codes: out('none.json'), ckpt, output: out('x3.png') }), (e: unknown) => e instanceof FormatError && /codes file not found/.test(e.message));
     const bad = out('bad.yaml');
     fs.writeFileSync(bad, fs.readFileSync(yaml, 'utf8').replace('embed_dim: 8', 'embed_dim: 4'));
@@ -133,19 +133,26 @@ describe('vqclip reconstruct / encode / decode', { skip }, () => {
     for (const f of ['x1', 'x2', 'x3', 'x4', 'x5', 'x6']) assert.equal(fs.existsSync(out(`${f}.png`)), false);
   });
 
-  test('without --ckpt: the default model, or an error saying what to download and where', async (t) => {
-    if (fs.existsSync(path.join(root, 'weights', 'vqgan_imagenet_f16_16384.ckpt'))) return void t.skip('the default model is installed');
-    const cwd = process.cwd();
-    process.chdir(tmp);
+  test('without --ckpt: the default model from the weights folder, or an error saying what to download and where', async () => {
+    const saved = process.env.VQCLIP_WEIGHTS;
+    const empty = out('empty-weights');
+    fs.mkdirSync(empty);
+    process.env.VQCLIP_WEIGHTS = empty;
     try {
       await assert.rejects(runReconstruct({ image: img32, output: out('x7.png') }), (e: unknown) => {
         assert.ok(e instanceof UserError);
-        assert.match(e.message, /no --ckpt given and no default model at weights\/vqgan_imagenet_f16_16384\.ckpt/);
-        assert.match(e.hint ?? '', /heibox\.uni-heidelberg\.de.*weights\/vqgan_imagenet_f16_16384\.ckpt and weights\/vqgan_imagenet_f16_16384\.yaml/);
+        assert.match(e.message, /no --ckpt given, and the default model is not installed .*missing vqgan_imagenet_f16_16384\.ckpt and vqgan_imagenet_f16_16384\.yaml in .*empty-weights/);
+        assert.match(e.hint ?? '', /empty-weights\/vqgan_imagenet_f16_16384\.ckpt {2}<- {2}https:\/\/heibox\.uni-heidelberg\.de\//);
         return true;
       });
+      // Installed (here: the tiny model under the default names), it is used.
+      fs.copyFileSync(ckpt, path.join(empty, 'vqgan_imagenet_f16_16384.ckpt'));
+      fs.copyFileSync(yaml, path.join(empty, 'vqgan_imagenet_f16_16384.yaml'));
+      const r = await runReconstruct({ image: img32, output: out('x8.png') });
+      assert.equal(r.nEmbed, 64);
     } finally {
-      process.chdir(cwd);
+      if (saved === undefined) delete process.env.VQCLIP_WEIGHTS;
+      else process.env.VQCLIP_WEIGHTS = saved;
     }
   });
 

@@ -11,10 +11,10 @@ import { tfOps } from '../src/engine/tfjs-ops.ts';
 import { FormatError, asFloat32, asNumbers, type HostTensor } from '../src/formats/host-tensor.ts';
 import { writeSafetensors } from '../src/formats/safetensors.ts';
 import { parseTamingConfig } from '../src/formats/taming-config.ts';
-import { openStateDict, loadVqgan } from '../src/models/vqgan-load.ts';
+import { loadVqgan } from '../src/models/vqgan-load.ts';
+import { resolveWeights } from '../src/formats/convert.ts';
 import * as V from '../src/models/vqgan.ts';
 import { WeightMap } from '../src/models/weights.ts';
-import { LazyTensor } from '../src/formats/torch.ts';
 import { assertClose, fixture, reference } from './helpers.ts';
 import { nchw, nhwc, vqganParitySuite } from './vqgan-parity.ts';
 
@@ -32,9 +32,9 @@ async function decodeOutputs(w: V.VqganWeights<tf.Tensor>, ref: Map<string, Host
 }
 
 async function allTensors(file: string): Promise<Map<string, HostTensor>> {
-  const sd = await openStateDict(file);
+  const sd = await resolveWeights(file);
   try {
-    return new Map([...sd.tensors].map(([k, v]) => [k, v instanceof LazyTensor ? v.read() : v]));
+    return new Map([...sd.tensors].map(([k, v]) => [k, v.read()]));
   } finally {
     sd.close();
   }
@@ -156,7 +156,7 @@ describe('VQGAN loading', () => {
   test('missing files are clear errors', async (t) => {
     const ckpt = fixture(t, 'tiny_vqgan.ckpt');
     if (!ckpt) return;
-    await assert.rejects(loadVqgan(o, path.join(tmp, 'nope.ckpt')), /nope\.ckpt: checkpoint not found/);
+    await assert.rejects(loadVqgan(o, path.join(tmp, 'nope.ckpt')), /nope\.ckpt: not found/);
     await assert.rejects(loadVqgan(o, ckpt, path.join(tmp, 'nope.yaml')), /nope\.yaml: config not found/);
     const lonely = path.join(tmp, 'lonely.ckpt');
     fs.copyFileSync(ckpt, lonely);

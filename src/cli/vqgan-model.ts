@@ -1,18 +1,16 @@
 // What the VQGAN commands (reconstruct, encode, decode) share: the --ckpt/--config options with the default model
 // location, the image-size rule (a multiple of the downsampling factor, or --fit pad|crop), and image <-> [-1,1].
-import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Argv } from 'yargs';
+import { findTamingConfig, resolveCheckpointPath } from '../formats/convert.ts';
 import { readTamingConfig } from '../formats/taming-config.ts';
-import { findConfig, resolveCheckpoint } from '../models/vqgan-load.ts';
+import { locateWeight } from '../weights/registry.ts';
 import { downsamplingFactor, type VqganConfig } from '../models/vqgan.ts';
 import type { RgbImage } from '../io/image.ts';
 import { UserError } from './errors.ts';
 
+/** The model used when --ckpt is not given (weights registry id; files weights/<id>.ckpt + weights/<id>.yaml). */
 export const DEFAULT_VQGAN = 'vqgan_imagenet_f16_16384';
-const DOWNLOAD =
-  'https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/ (taming-transformers "VQGAN ImageNet f=16, 16384": ckpts/last.ckpt and configs/model.yaml)';
 
 export interface ModelArgs {
   ckpt?: string;
@@ -25,12 +23,6 @@ export function withModelOptions<T>(y: Argv<T>) {
     .option('config', { type: 'string', describe: 'taming YAML config; default: the .yaml next to the checkpoint' });
 }
 
-/** Folders searched for the default model: ./weights, then the weights/ folder of this installation. */
-function weightFolders(): string[] {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  return [...new Set([path.resolve('weights'), path.resolve(here, '../../weights')])];
-}
-
 export interface ModelFiles {
   ckpt: string;
   configFile: string;
@@ -40,19 +32,18 @@ export interface ModelFiles {
 /** Resolves checkpoint and config (defaults, conventions) and reads the config, without touching the weights. */
 export function resolveModelFiles(args: ModelArgs): ModelFiles {
   let ckpt = args.ckpt;
+  let config = args.config;
   if (!ckpt) {
-    ckpt = weightFolders()
-      .map((d) => path.join(d, `${DEFAULT_VQGAN}.ckpt`))
-      .find((p) => fs.existsSync(p));
-    if (!ckpt) {
-      throw new UserError(
-        `no --ckpt given and no default model at weights/${DEFAULT_VQGAN}.ckpt`,
-        `download the model from ${DOWNLOAD} and save the two files as weights/${DEFAULT_VQGAN}.ckpt and weights/${DEFAULT_VQGAN}.yaml, or pass --ckpt FILE [--config FILE]`,
-      );
+    // The default model from the weights folder; its error names each missing file, where it goes and its URL.
+    try {
+      [ckpt, config = config] = locateWeight(DEFAULT_VQGAN);
+    } catch (err) {
+      if (err instanceof UserError) throw new UserError(`no --ckpt given, and the default model is not installed (${err.message})`, `${err.hint}; or pass --ckpt FILE [--config FILE]`);
+      throw err;
     }
   }
-  const resolved = resolveCheckpoint(ckpt);
-  const configFile = args.config ?? findConfig(resolved);
+  const resolved = resolveCheckpointPath(ckpt);
+  const configFile = config ?? findTamingConfig(resolved);
   if (!configFile) {
     throw new UserError(
       `no config found for ${resolved}`,
