@@ -207,6 +207,16 @@ export interface SampleOptions extends FilterOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
+/** Rejects settings the filters cannot use, before any work. */
+export function checkSampleOptions(opts: Partial<SampleOptions>): void {
+  if (opts.n !== undefined && !(Number.isSafeInteger(opts.n) && opts.n >= 1)) throw new UserError(`the number of samples must be a whole number >= 1 (got ${opts.n})`, 'pass -n 8');
+  if (opts.temperature !== undefined && !(opts.temperature > 0 && Number.isFinite(opts.temperature))) {
+    throw new UserError(`temperature must be > 0 (got ${opts.temperature})`, 'pass --temperature 1 for the model as trained, lower for safer samples');
+  }
+  if (opts.topK !== undefined && !(Number.isSafeInteger(opts.topK) && opts.topK >= 1)) throw new UserError(`top-k must be a whole number >= 1 (got ${opts.topK})`, 'pass --top-k 250, or leave it out for no top-k');
+  if (opts.topP !== undefined && !(opts.topP >= 0 && opts.topP <= 1)) throw new UserError(`top-p must be in [0, 1] (got ${opts.topP})`, 'pass --top-p 0.92, or 1 to keep the whole distribution');
+}
+
 interface Step {
   /** Identity of the context window; a step may reuse the cache of the previous one with the same key. */
   key: string;
@@ -252,6 +262,7 @@ function disposeCache(cache: KvCache<tf.Tensor> | undefined): void {
  * the permuter is undone), ready for the first stage's decoder.
  */
 export async function sampleCodes(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, opts: SampleOptions): Promise<Int32Array[]> {
+  checkSampleOptions(opts);
   const cond = condToken(prior, opts.classLabel);
   const grid = opts.grid ?? prior.grid;
   const total = grid[0] * grid[1];

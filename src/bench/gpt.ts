@@ -1,0 +1,203 @@
+// GPT prior sampling speed at the released cin_transformer shape (48 layers, 1536 wide, 24 heads, vocab 16384,
+// block 512), random weights, through the real sampling loop (sampleCodes: kv-cached step, logits read back,
+// top-k 600 / top-p 0.92 / temperature 1 and the draw on the host), at batch 1 and batch 25, next to the PyTorch
+// anchors (../shared/anchors): CPU (2 threads) 0.72-0.80 s/token cached at batch 1; H200 44 tokens/s at batch 1
+// and 1000 tokens/s at batch 25.
+//
+// Memory: the 48 blocks share ONE block's weights (same shapes, same FLOPs and bytes read per token; each block's
+// 113 MB still streams from memory, far beyond any cache), so the full depth fits the wasm heap (4 GiB) and this
+// machine; the full model would need 5.6 GB. On the cpu backend (and with --quick) fewer blocks are run and the
+// figure is scaled: t(48) = t(0) + 48/L * (t(L) - t(0)), with t(0) measured on the same model without blocks
+// (embedding + head + host sampling) - the output says so.
+//
+//   node --import tsx src/bench/gpt.ts [--quick] [--backend wasm] [--layers 48]   (or: npm run bench -- --only gpt)
+import * as tf from '@tensorflow/tfjs';
+import { pathToFileURL } from 'node:url';
+import { initBackend, shutdownBackend } from '../engine/backend.ts';
+import { tfOps } from '../engine/tfjs-ops.ts';
+import type { TransformerConfig } from '../formats/taming-config.ts';
+import { gptParameterCount, makePermuter, type GptBlock, type GptConfig, type GptWeights, type Prior } from '../models/gpt.ts';
+import { sampleCodes } from '../pipelines/sample.ts';
+
+export interface GptBenchOptions {
+  quick?: boolean;
+  backend?: string;
+  /** Blocks actually run (default 48; 2 on the cpu backend or with quick). */
+  layers?: number;
+}
+
+const CIN: GptConfig = { vocabSize: 16384, blockSize: 512, nLayer: 48, nHead: 24, nEmbd: 1536 };
+
+function uniform(shape: number[], scale: number, seed: number): tf.Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const d = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    d[i] = (s / 2 ** 32 - 0.5) * scale;
+  }
+  return tf.tensor(d, shape);
+}
+
+/** Random weights of the cin shape with `layers` blocks that all share one block's tensors. */
+function randomWeights(cfg: GptConfig, layers: number): { w: GptWeights<tf.Tensor>; tensors: tf.Tensor[] } {
+  const C = cfg.nEmbd;
+  let seed = 1;
+  const lin = (i: number, o: number) => ({ w: uniform([i, o], 2 / Math.sqrt(i), seed++), b: uniform([o], 0.02, seed++) });
+  const ln = () => ({ gamma: tf.ones([C]), beta: tf.zeros([C]) });
+  const shared: GptBlock<tf.Tensor> = {
+    ln1: ln(),
+    key: lin(C, C),
+    query: lin(C, C),
+    value: lin(C, C),
+    proj: lin(C, C),
+    ln2: ln(),
+    fc: lin(C, 4 * C),
+    fcOut: lin(4 * C, C),
+  };
+  const w: GptWeights<tf.Tensor> = {
+    tokEmb: uniform([cfg.vocabSize, C], 2, seed++),
+    posEmb: uniform([cfg.blockSize, C], 0.5, seed++),
+    blocks: Array.from({ length: layers }, () => shared),
+    lnF: ln(),
+    head: uniform([C, cfg.vocabSize], 2 / Math.sqrt(C), seed++),
+  };
+  const tensors = [w.tokEmb, w.posEmb, w.head, w.lnF.gamma, w.lnF.beta, shared.ln1.gamma, shared.ln1.beta, shared.ln2.gamma, shared.ln2.beta];
+  for (const l of [shared.key, shared.query, shared.value, shared.proj, shared.fc, shared.fcOut]) tensors.push(l.w, l.b!);
+  return { w, tensors };
+}
+
+/** A class-conditional prior over a 1 x steps "grid" (sequence mode, Identity), no first stage: sampleCodes only. */
+function benchPrior(cfg: GptConfig, w: GptWeights<tf.Tensor>, steps: number): Prior<tf.Tensor> {
+  const config = {
+    target: 'taming.models.cond_transformer.Net2NetTransformer',
+    gpt: cfg,
+    firstStage: { nEmbed: cfg.vocabSize },
+    cond: { kind: 'class', nClasses: 1000 },
+    permuter: 'Identity',
+    firstStageKey: 'image',
+    condStageKey: 'class_label',
+  } as unknown as TransformerConfig;
+  return {
+    checkpoint: '<random cin_transformer-shaped weights>',
+    configFile: '<bench>',
+    config,
+    gpt: w,
+    firstStage: undefined as never,
+    factor: 16,
+    grid: [1, steps],
+    permuter: makePermuter('Identity', 1, steps),
+  };
+}
+
+/** Median seconds per sampling step (all samples of the batch) after `warm` steps. */
+async function stepTime(prior: Prior<tf.Tensor>, batch: number, warm: number): Promise<number> {
+  const stamps: number[] = [];
+  await sampleCodes(tfOps, prior, {
+    n: batch,
+    batchSize: batch,
+    classLabel: 1,
+    topK: 600,
+    topP: 0.92,
+    temperature: 1,
+    seed: 0,
+    onProgress: () => stamps.push(performance.now()),
+  });
+  const d = stamps.slice(warm).map((t, i) => (t - stamps[warm + i - 1]) / 1000);
+  d.sort((a, b) => a - b);
+  return d[Math.floor(d.length / 2)];
+}
+
+/** Seconds to append one token to every block's key/value cache at position `pos` (the O(L) concat). */
+async function cacheAppendTime(cfg: GptConfig, batch: number, pos: number, layers: number): Promise<number> {
+  const hs = cfg.nEmbd / cfg.nHead;
+  const past = tf.zeros([batch, cfg.nHead, pos, hs]);
+  const one = tf.zeros([batch, cfg.nHead, 1, hs]);
+  const run = async () => {
+    const a = tf.concat([past, one], 2);
+    const b = tf.concat([past, one], 2);
+    await a.data();
+    tf.dispose([a, b]);
+  };
+  await run();
+  let best = Infinity;
+  for (let i = 0; i < 3; i++) {
+    const t = performance.now();
+    await run();
+    best = Math.min(best, performance.now() - t);
+  }
+  tf.dispose([past, one]);
+  return (best / 1000) * layers; // k and v of one block, times the blocks (one block's worth of memory at a time)
+}
+
+const f2 = (x: number) => (x >= 10 ? x.toFixed(0) : x >= 1 ? x.toFixed(1) : x.toFixed(2));
+
+export async function benchGpt(log: (line: string) => void, opts: GptBenchOptions = {}): Promise<void> {
+  const backend = tf.getBackend();
+  const quick = opts.quick ?? false;
+  const L = opts.layers ?? (quick || backend === 'cpu' ? 2 : CIN.nLayer);
+  const scaled = L < CIN.nLayer;
+  log(
+    `GPT prior, cin_transformer shape: ${CIN.nLayer} layers x ${CIN.nEmbd} wide, ${CIN.nHead} heads, vocab ${CIN.vocabSize}, block ${CIN.blockSize} ` +
+      `(${(gptParameterCount(CIN) / 1e9).toFixed(2)} B params); random weights, one block's weights shared by all blocks; ` +
+      `sampling top-k 600, top-p 0.92 (host), kv cache, backend ${backend}`,
+  );
+  if (scaled) log(`NOTE: only ${L} of ${CIN.nLayer} blocks run on ${backend}${quick ? ' (--quick)' : ''}; figures marked "scaled" = t(0) + ${CIN.nLayer}/${L} x (t(${L}) - t(0))`);
+
+  const cases: { batch: number; steps: number; warm: number }[] = [
+    { batch: 1, steps: quick ? 4 : 6, warm: 2 },
+    { batch: 25, steps: quick ? 3 : 4, warm: 1 },
+  ];
+  const results: Record<number, number> = {};
+  for (const c of cases) {
+    const measure = async (layers: number) => {
+      const { w, tensors } = randomWeights(CIN, layers);
+      try {
+        return await stepTime(benchPrior(CIN, w, c.steps), c.batch, c.warm);
+      } finally {
+        tf.dispose(tensors);
+      }
+    };
+    const tL = await measure(L);
+    let t48 = tL;
+    let note = `${L} layers measured`;
+    if (scaled) {
+      const t0 = await measure(0);
+      t48 = t0 + (CIN.nLayer / L) * (tL - t0);
+      note = `scaled from ${L} layers (${f2(tL)} s/step) and 0 layers (${f2(t0)} s/step)`;
+    }
+    results[c.batch] = t48;
+    log(
+      `batch ${c.batch}: ${f2(t48)} s per step, ${f2(c.batch / t48)} tokens/s${scaled ? ' (scaled)' : ''} ` +
+        `[${note}; median of ${c.steps - c.warm} steps after ${c.warm} warm-up, positions 1-${c.steps}]`,
+    );
+  }
+  const b1 = results[1];
+  const b25 = results[25];
+  log(`  vs PyTorch CPU (2 threads, OpenBLAS): 0.72 s/token (first 16), 0.80 s/token at position 255, batch 1 -> ours ${f2(b1 / 0.72)}x its time`);
+  log(`  vs PyTorch H200: 44 tokens/s batch 1 (ours ${f2(1 / b1)}: ${f2(44 * b1)}x slower), 1000 tokens/s batch 25 (ours ${f2(25 / b25)}: ${f2((1000 * b25) / 25)}x slower)`);
+
+  // The cache grows by concatenation (gptStep): what the O(L) copy costs per token late in a 16x16 image.
+  const a1 = await cacheAppendTime(CIN, 1, 255, CIN.nLayer);
+  const a25 = await cacheAppendTime(CIN, 25, 255, CIN.nLayer);
+  log(
+    `kv-cache append at position 255 (concat of k and v in all ${CIN.nLayer} blocks): batch 1 ${(a1 * 1000).toFixed(1)} ms/token ` +
+      `(${((100 * a1) / b1).toFixed(1)}% of a step), batch 25 ${(a25 * 1000).toFixed(0)} ms/step (${((100 * a25) / b25).toFixed(1)}% of a step measured at positions 1-4)`,
+  );
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const args = process.argv.slice(2);
+  const arg = (name: string) => {
+    const i = args.indexOf(name);
+    return i >= 0 ? args[i + 1] : undefined;
+  };
+  const report = await initBackend(arg('--backend') ?? process.env.VQCLIP_BACKEND ?? 'auto');
+  const log = (l: string) => process.stdout.write(`${l}\n`);
+  log(`backend: ${report.backend} (${report.reason})`);
+  try {
+    await benchGpt(log, { quick: args.includes('--quick'), layers: arg('--layers') ? Number(arg('--layers')) : undefined });
+  } finally {
+    await shutdownBackend();
+  }
+}
