@@ -10,6 +10,8 @@ const commands: { default: unknown }[] = [
   await import('./commands/reconstruct.ts'),
   await import('./commands/encode.ts'),
   await import('./commands/decode.ts'),
+  await import('./commands/score.ts'),
+  await import('./commands/sample.ts'),
 ];
 
 try {
