@@ -377,3 +377,42 @@ test('stateDict of a deeply nested TorchScript-like module tree does not overflo
   assert.equal(stateDict(fakeFile).size, 0);
   assert.equal(allTensors(r.value).size, 0);
 });
+
+test('OrderedDict(list of pairs), TorchScript list helpers, big-endian and pre-0.4 tar checkpoints', async () => {
+  const { ZipWriter } = await import('../src/formats/torch-writer.ts');
+  const zipWith = (name: string, pkl: Buffer, extra: [string, Buffer][] = []) => {
+    const file = path.join(tmp, `${name}.pt`);
+    const w = new ZipWriter(file);
+    w.add(`${name}/data.pkl`, pkl.length, [pkl]);
+    for (const [n, b] of extra) w.add(`${name}/${n}`, b.length, [b]);
+    w.finish();
+    return file;
+  };
+  // OrderedDict([('a', 1), ('b', torch.jit._pickle.build_intlist([2, 3]))])
+  const pkl = Buffer.concat([
+    Buffer.from('\x80\x02ccollections\nOrderedDict\n(](\x8c\x01aK\x01\x86\x8c\x01b', 'latin1'),
+    Buffer.from('ctorch.jit._pickle\nbuild_intlist\n](K\x02K\x03e\x85R\x86et', 'latin1'),
+    Buffer.from('R.', 'latin1'),
+  ]);
+  const f = await openTorchFile(zipWith('od', pkl));
+  assert.deepEqual(f.unknownGlobals, []);
+  const root = f.root as Map<string, unknown>;
+  assert.equal(root.get('a'), 1);
+  assert.deepEqual(root.get('b'), [2, 3]);
+  f.close();
+  const little = await openTorchFile(zipWith('le', picklePayload(new Map()), [['byteorder', Buffer.from('little')]]));
+  little.close();
+  const big = zipWith('be', picklePayload(new Map()), [['byteorder', Buffer.from('big')]]);
+  await rejects(openTorchFile(big), /big-endian/, big);
+  const tar = path.join(tmp, 'old.tar');
+  const header = Buffer.alloc(1024);
+  header.write('storages', 0);
+  header.write('ustar', 257);
+  fs.writeFileSync(tar, header);
+  await rejects(openTorchFile(tar), /tar archive: the checkpoint format of torch before 0\.4/, tar);
+  const junk = path.join(tmp, 'junk.bin');
+  fs.writeFileSync(junk, 'hello');
+  await rejects(openTorchFile(junk), /not a PyTorch checkpoint/, junk);
+  await rejects(openTorchFile(path.join(tmp, 'nope.pt')), /file not found/, path.join(tmp, 'nope.pt'));
+  await rejects(openTorchFile(tmp), /is a directory/, tmp);
+});

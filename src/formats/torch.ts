@@ -180,7 +180,8 @@ function rebuildTensor(storage: unknown, offset: unknown, size: unknown, stride:
 
 function torchGlobals(): Record<string, (...args: unknown[]) => unknown> {
   const g: Record<string, (...args: unknown[]) => unknown> = {
-    'collections.OrderedDict': () => new Map(),
+    // OrderedDict() then SETITEMS (how torch pickles it), or OrderedDict([(key, value), ...]).
+    'collections.OrderedDict': (items) => new Map(Array.isArray(items) ? items.filter((kv) => Array.isArray(kv) && kv.length === 2).map((kv) => [kv[0], kv[1]] as [unknown, unknown]) : []),
     'torch._utils._rebuild_tensor': (s, o, size, stride) => rebuildTensor(s, o, size, stride),
     'torch._utils._rebuild_tensor_v2': (s, o, size, stride) => rebuildTensor(s, o, size, stride),
     'torch._utils._rebuild_tensor_v3': (s, o, size, stride, _rg, _hooks, dtype) =>
@@ -189,6 +190,13 @@ function torchGlobals(): Record<string, (...args: unknown[]) => unknown> {
     'torch._utils._rebuild_parameter_with_state': (data) => data,
     'torch.Size': (dims) => dims,
     'builtins.set': (items) => new Set(Array.isArray(items) ? items : []),
+    // TorchScript pickles typed lists and dicts through these helpers; the value itself is what matters here.
+    'torch.jit._pickle.build_intlist': (v) => v,
+    'torch.jit._pickle.build_floatlist': (v) => v,
+    'torch.jit._pickle.build_boollist': (v) => v,
+    'torch.jit._pickle.build_doublelist': (v) => v,
+    'torch.jit._pickle.build_tensorlist': (v) => v,
+    'torch.jit._pickle.restore_type_tag': (v) => v,
     // Protocol-2 pickles of Python 3 bytes objects: _codecs.encode(text, 'latin1').
     '_codecs.encode': (text, encoding) => {
       if (typeof text !== 'string' || (encoding !== 'latin1' && encoding !== 'latin-1')) throw new Error('unsupported _codecs.encode call');
@@ -239,6 +247,9 @@ export async function openTorchFile(input: string | ByteSource, opts: OpenOption
     const head = src.read(0, Math.min(16, src.size));
     if (isZip(head)) return await openZip(src, owns, opts);
     if (head[0] === 0x80) return openLegacy(src, owns);
+    if (src.size > 262 && src.read(257, 5).toString('latin1') === 'ustar') {
+      throw new FormatError(src.name, 'is a tar archive: the checkpoint format of torch before 0.4, not supported', 'load it with an old torch and save it again with a current one');
+    }
     throw new FormatError(src.name, 'not a PyTorch checkpoint (neither a zip archive nor a pickle stream)');
   } catch (err) {
     if (owns) src.close();
@@ -261,6 +272,10 @@ async function openZip(src: ByteSource, owns: boolean, opts: OpenOptions): Promi
     const pkl = names.filter((n) => n.endsWith('/data.pkl') && n.split('/').length === 2).sort()[0] ?? (zip.entries.has('data.pkl') ? 'data.pkl' : undefined);
     if (!pkl) throw new FormatError(path, 'zip archive without a <name>/data.pkl entry', 'not a torch.save file');
     const prefix = pkl.slice(0, -'data.pkl'.length);
+    const byteorder = zip.entries.get(`${prefix}byteorder`);
+    if (byteorder && zip.readEntry(byteorder, 16).toString('latin1').trim() === 'big') {
+      throw new FormatError(path, 'holds big-endian tensor data, which is not supported', 'save it again on a little-endian machine');
+    }
     const format: TorchFormat = zip.entries.has(`${prefix}constants.pkl`) || names.some((n) => n.startsWith(`${prefix}code/`)) ? 'torchscript' : 'zip';
     const storages = new Map<string, StorageRef>();
     const infos: StorageInfo[] = [];
