@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { FormatError, type HostTensor } from '../src/formats/host-tensor.ts';
+import { FormatError, float16ToFloat32, float32ToFloat16, type HostTensor } from '../src/formats/host-tensor.ts';
 import { SafetensorsFile, readSafetensors, writeSafetensors } from '../src/formats/safetensors.ts';
 import { openTorchFile, stateDict } from '../src/formats/torch.ts';
 import { OrderedDictSpec, TensorSpec, storageOf, writeTorchZip } from '../src/formats/torch-writer.ts';
@@ -121,4 +121,16 @@ test('malformed headers are refused before allocation, naming the file and the p
   refused(craft({ __metadata__: { a: 1 }, ...ok }, data), /__metadata__/);
   refused(craft([1, 2]), /not a JSON object/);
   refused(Buffer.concat([Buffer.from([3, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('{x}')]), /not valid UTF-8 JSON/);
+});
+
+test('float16 conversions: exact half -> float32, round-to-nearest-even float32 -> half, specials', () => {
+  const values = Float32Array.from([0, -0, 1, -2, 65504, 65520, 1e-8, 2 ** -24, 2 ** -25, 3 * 2 ** -25, Infinity, -Infinity, NaN, 1 + 2 ** -11, 1 + 3 * 2 ** -11]);
+  const half = float32ToFloat16(values);
+  assert.deepEqual(Array.from(half, (h) => h.toString(16)), ['0', '8000', '3c00', 'c000', '7bff', '7c00', '0', '1', '0', '2', '7c00', 'fc00', '7e00', '3c00', '3c02']);
+  const back = float16ToFloat32(half);
+  assert.deepEqual(Array.from(back).slice(0, 6), [0, -0, 1, -2, 65504, Infinity]);
+  assert.ok(Number.isNaN(back[12]));
+  // Every one of the 63488 finite halves survives half -> float32 -> half.
+  const all = Uint16Array.from({ length: 65536 }, (_, i) => i).filter((h) => (h & 0x7c00) !== 0x7c00);
+  assert.deepEqual(Array.from(float32ToFloat16(float16ToFloat32(all))), Array.from(all));
 });

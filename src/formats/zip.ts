@@ -3,7 +3,6 @@
 // then read here directly from the byte source. PyTorch stores tensor entries uncompressed, so a stored entry is a
 // byte range of the file that callers read lazily. Whole-entry reads are checked against the entry's CRC-32, so
 // corrupt pickles and storages are reported instead of being silently decoded.
-import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import yauzl from 'yauzl';
 import { FormatError } from './host-tensor.ts';
@@ -22,7 +21,8 @@ export interface ZipEntryInfo {
   headerOffset: number;
 }
 
-/** yauzl reads through this adapter, so archives can live in a file or in memory. */
+/** yauzl reads the directory through this adapter, so archives can live in a file or in memory. (Entry data is
+ *  read by ZipArchive itself, so yauzl's stream interface, _readStreamForRange, is never needed.) */
 class SourceReader extends yauzl.RandomAccessReader {
   constructor(private readonly src: ByteSource) {
     super();
@@ -37,9 +37,6 @@ class SourceReader extends yauzl.RandomAccessReader {
     }
     // Asynchronous completion keeps yauzl's entry loop from recursing once per entry.
     queueMicrotask(() => callback(null, n));
-  }
-  override _readStreamForRange(start: number, end: number): Readable {
-    return Readable.from([this.src.read(start, end - start)]);
   }
 }
 
