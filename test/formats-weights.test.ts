@@ -113,6 +113,7 @@ test('convert: VQGAN zip and legacy -> X.safetensors + X.yaml; later loads take 
   assert.deepEqual(convertedSibling(file), { file: r.safetensors, fresh: false, reason: 'converted from a different version of the checkpoint' });
   const stale = await resolveWeights(file);
   assert.equal(stale.converted, false);
+  assert.match(stale.note!, /vq\.safetensors not used: converted from a different version of the checkpoint; run `vqclip weights convert .*vq\.ckpt` again/);
   stale.close();
   // ... nor is a conversion older than the checkpoint.
   await runConvert(file, {}, capture().out);

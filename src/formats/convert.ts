@@ -33,6 +33,8 @@ export interface WeightSource {
   /** Globals in the checkpoint's pickle that are not on the allow-list (kept inert). */
   unknownGlobals: string[];
   metadata: Record<string, string>;
+  /** Why a converted sibling that exists was not used (stale or damaged), for a hint to convert again. */
+  note?: string;
   close(): void;
 }
 
@@ -95,9 +97,11 @@ export function resolveCheckpointPath(p: string): string {
 export async function resolveWeights(p: string, opts: { preferConverted?: boolean } = {}): Promise<WeightSource> {
   const file = resolveCheckpointPath(p);
   if (file.endsWith('.safetensors')) return openSafetensorsSource(p, file, false);
+  let note: string | undefined;
   if (opts.preferConverted !== false) {
     const sib = convertedSibling(file);
     if (sib.fresh) return openSafetensorsSource(p, sib.file, true);
+    if (sib.reason !== 'not converted') note = `${sib.file} not used: ${sib.reason}; run \`vqclip weights convert ${file}\` again`;
   }
   const tf = await openTorchFile(file);
   let tensors: Map<string, LazyTensor>;
@@ -107,7 +111,7 @@ export async function resolveWeights(p: string, opts: { preferConverted?: boolea
     tf.close();
     throw err;
   }
-  return { path: p, file, format: tf.format, converted: false, tensors, unknownGlobals: tf.unknownGlobals, metadata: {}, close: () => tf.close() };
+  return { path: p, file, format: tf.format, converted: false, tensors, unknownGlobals: tf.unknownGlobals, metadata: {}, note, close: () => tf.close() };
 }
 
 function openSafetensorsSource(p: string, file: string, converted: boolean): WeightSource {
