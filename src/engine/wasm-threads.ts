@@ -14,10 +14,11 @@
 //     so every stock wasm kernel (and our wasm-kernels.ts) works unchanged.
 // Emscripten pre-spawns a fixed pool of 8 workers (`pthreadPoolSize=8`); XNNPACK's pthreadpool waits synchronously
 // for its threads to check in at creation, so the pool must already hold threads-1 loaded workers (a worker created
-// on demand can never load while the main thread spins). We rewrite the pool size to the thread count: no wasted
-// workers on small machines, and more than 9 threads on big ones.
-// A process with live pthread workers does not exit by itself: terminateWasmThreads() (called from
-// shutdownBackend()) disposes the backend, which terminates them.
+// on demand can never load while the main thread spins). We rewrite the pool size to threads-1: no idle workers
+// (each is a V8 isolate with its own instance) on small machines. backend.cc caps XNNPACK at 8 threads.
+// Emscripten keeps running pthread workers ref()ed, so a process with a pool would never exit by itself; we unref them
+// once the pool is up (they only work inside synchronous calls from the main thread). terminateWasmThreads() (called
+// from shutdownBackend()) still ends them explicitly and frees the wasm heap.
 
 import * as tf from '@tensorflow/tfjs';
 import { BackendWasm, setThreadsCount } from '@tensorflow/tfjs-backend-wasm';
@@ -32,6 +33,12 @@ const require = createRequire(import.meta.url);
 const WASM_PKG_DIR = path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json'));
 const WASM_OUT_DIR = path.join(WASM_PKG_DIR, 'wasm-out');
 const THREADED = 'tfjs-backend-wasm-threaded-simd';
+/**
+ * Below cpu's 1: stock tfjs-backend-wasm registers at 2, which makes any tf op before an explicit setBackend throw
+ * "highest priority backend 'wasm' has not yet been initialized" (its init is async). Our backends are only ever
+ * chosen explicitly (initBackend), so importing the engine leaves tfjs's default (cpu) alone.
+ */
+export const WASM_PRIORITY = 0;
 /** backend.cc's compile-time cap on XNNPACK threads (it pre-creates 8 workers in the browser build). */
 export const MAX_WASM_THREADS = 8;
 /** Generous: loading a pthread worker takes ~50-150 ms; a stuck load must not hang the process forever. */
@@ -80,6 +87,16 @@ export function wasmThreadsInfo(): WasmThreadsInfo | undefined {
 const PATCHES: Array<[string, string]> = [
   // Pre-spawned worker pool (see the file comment).
   ['var pthreadPoolSize=8;', 'var pthreadPoolSize=Module["vqclipPoolSize"]??8;'],
+  // Workers inherit process.execArgv by default; the parent's flags (--input-type, --eval, loaders, ...) can make the
+  // plain CommonJS bootstrap fail to start. It needs none of them.
+  ['worker=new Worker(pthreadMainJs);', 'worker=new Worker(pthreadMainJs,Module["vqclipWorkerOptions"]);'],
+  // A worker error is thrown from an event handler (an uncaught exception, with the whole one-line factory source as
+  // context). Let us turn it into a failed init (-> fall back to one thread) instead.
+  [
+    'worker.onerror=e=>{var message="worker sent an error!";',
+    'worker.onerror=e=>{if(Module["vqclipOnWorkerError"])return Module["vqclipOnWorkerError"](e);' +
+      'var message="worker sent an error!";',
+  ],
   // backend.cc caps XNNPACK's pool at emscripten_num_logical_cores()/2 ("hyperthreads"), which is 1 on a 2-core
   // machine; report twice the thread count we want so the cap is exactly our request.
   [
@@ -164,27 +181,41 @@ async function createThreaded(threads: number): Promise<BackendWasm> {
   const factory = loadThreadedFactory();
   const worker = ensureWorkerFile();
   const mainScript = path.join(WASM_OUT_DIR, `${THREADED}.js`);
-  let module: EmModule | undefined;
-  let aborted: string | undefined;
-  const ready = factory({
+  let failed: (e: Error) => void = () => undefined;
+  const failure = new Promise<never>((_, reject) => (failed = reject));
+  let initialised = false;
+  // Emscripten uses the config object as its Module: PThread appears on it once the factory has run.
+  const config: Record<string, unknown> = {
     locateFile: (p: string) => (p.endsWith('.worker.js') ? worker : path.join(WASM_OUT_DIR, p)),
     // Workers importScripts() this path (fs.readFileSync + eval); the unpatched file is fine there, workers never
     // spawn workers.
     mainScriptUrlOrBlob: mainScript,
     vqclipPoolSize: threads - 1, // XNNPACK's pool uses the calling thread plus threads-1 workers
     vqclipLogicalCores: 2 * threads,
-    onAbort: (what: unknown) => {
-      aborted = String(what);
+    vqclipWorkerOptions: { execArgv: [] },
+    vqclipOnWorkerError: (e: Error) => {
+      const err = new Error(`pthread worker failed: ${e?.message ?? e}`);
+      if (!initialised) return failed(err);
+      throw err; // after init a dead pthread would hang the next parallel op: fail loudly instead
     },
-  });
+    onAbort: (what: unknown) => failed(new Error(`aborted: ${String(what)}`)),
+  };
+  let module: EmModule;
   try {
-    module = await withTimeout(ready, INIT_TIMEOUT_MS, 'threaded wasm init');
+    module = await withTimeout(Promise.race([factory(config), failure]), INIT_TIMEOUT_MS, 'threaded wasm init');
   } catch (e) {
-    throw new Error(`threaded wasm init failed: ${aborted ?? (e as Error).message}`);
+    (config.PThread as EmModule['PThread'])?.terminateAllThreads();
+    throw new Error(`threaded wasm init failed: ${(e as Error).message}`);
   }
+  initialised = true;
   attachTfjsApi(module);
   setThreadsCount(threads); // read by the BackendWasm constructor (init_with_threads_count)
-  return new BackendWasm(module as never);
+  const backend = new BackendWasm(module as never); // creates XNNPACK's pool: threads-1 pthreads start here
+  // Emscripten ref()s a worker while it runs a pthread, so a process with a live pool never exits by itself. XNNPACK's
+  // pthreads only ever work inside a synchronous call from the main thread (which waits for them), so when the
+  // event loop is empty they are idle and may die with the process: unref them.
+  for (const w of module.PThread?.runningWorkers ?? []) (w as { unref?: () => void }).unref?.();
+  return backend;
 }
 
 /**
@@ -209,7 +240,7 @@ function threadsOf(backend: BackendWasm): number {
  * binary, no workers). Disposes a wasm backend that is already initialised (its tensors are lost), so call this
  * before creating tensors on wasm. Falls back to one thread, recording why, if the threaded build cannot start.
  */
-export function registerWasmBackend(threads: number = coreCount(), priority = 2): void {
+export function registerWasmBackend(threads: number = coreCount(), priority = WASM_PRIORITY): void {
   requestedThreads = Math.max(1, Math.floor(threads));
   if (tf.engine().registryFactory['wasm']) tf.removeBackend('wasm'); // disposes an initialised one: ends its threads
   tf.registerBackend(
@@ -239,7 +270,7 @@ export function registerWasmBackend(threads: number = coreCount(), priority = 2)
 }
 
 /**
- * End the wasm backend's pthreads so the process can exit: dispose the backend (BackendWasm.dispose terminates all
+ * End the wasm backend's pthreads and free its heap: dispose the backend (BackendWasm.dispose terminates all
  * workers) and register a fresh factory with the same settings, so a later setBackend('wasm') works again.
  */
 export function terminateWasmThreads(): void {
@@ -250,3 +281,7 @@ export function terminateWasmThreads(): void {
     registerWasmBackend(requestedThreads);
   }
 }
+
+// Replace tfjs-backend-wasm's import-time registration right away (see WASM_PRIORITY), unless a stock wasm backend
+// is already running (then initBackend replaces it).
+if (!tf.engine().registry['wasm']) registerWasmBackend(coreCount());
