@@ -416,3 +416,34 @@ test('OrderedDict(list of pairs), TorchScript list helpers, big-endian and pre-0
   await rejects(openTorchFile(path.join(tmp, 'nope.pt')), /file not found/, path.join(tmp, 'nope.pt'));
   await rejects(openTorchFile(tmp), /is a directory/, tmp);
 });
+
+test('a GumbelVQ checkpoint (tiny VQGAN + gumbel_reference quantizer, written here) reads back exactly and is detected', async (t) => {
+  const v = await open(t, 'tiny_vqgan.ckpt');
+  const g = reference(t, 'gumbel_reference.safetensors');
+  if (!v || !g) return;
+  const sd = new Map<unknown, unknown>();
+  let key = 0;
+  const add = (name: string, dtype: 'float32', shape: number[], bytes: Uint8Array) =>
+    sd.set(name, new TensorSpec({ key: String(key++), dtype, numel: bytes.length / 4, chunks: () => [bytes] }, shape));
+  for (const [k, lt] of stateDict(v)) if (!k.startsWith('quantize.')) add(k, 'float32', lt.shape, lt.readRaw());
+  v.close();
+  const raw = (h: HostTensor) => new Uint8Array(h.data.buffer, h.data.byteOffset, h.data.byteLength);
+  add('quantize.embed.weight', 'float32', [64, 8], raw(g.get('embed_weight')!));
+  add('quantize.proj.weight', 'float32', [64, 8, 1, 1], raw(g.get('proj_weight')!));
+  add('quantize.proj.bias', 'float32', [64], raw(g.get('proj_bias')!));
+  const file = path.join(tmp, 'gumbel.ckpt');
+  writeTorchZip(file, new Map<unknown, unknown>([['global_step', 1], ['state_dict', new OrderedDictSpec(sd)]]), 'gumbel');
+  const f = await openTorchFile(file);
+  try {
+    const got = stateDict(f);
+    assert.equal(got.size, 183 - 1 + 3);
+    for (const [k, ref] of [['quantize.embed.weight', 'embed_weight'], ['quantize.proj.weight', 'proj_weight'], ['quantize.proj.bias', 'proj_bias']]) {
+      assert.ok(bytesOf(got.get(k)!.read()).equals(bytesOf(g.get(ref)!)), k);
+    }
+    const kind = detectModelKind(new Map([...got].map(([k, x]) => [k, x.shape])));
+    assert.equal(kind.family, 'gumbel');
+    assert.equal(kind.id, 'gumbel_f4_64');
+  } finally {
+    f.close();
+  }
+});
