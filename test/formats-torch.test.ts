@@ -447,3 +447,26 @@ test('a GumbelVQ checkpoint (tiny VQGAN + gumbel_reference quantizer, written he
     f.close();
   }
 });
+
+test('tensor subclasses pickled by newer torch (_rebuild_from_type_v2 with nn.Parameter) rebuild as plain tensors', async () => {
+  const { ZipWriter } = await import('../src/formats/torch-writer.ts');
+  const pkl = Buffer.from(
+    '\x80\x02ccollections\nOrderedDict\n)R(\x8c\x01w' +
+      'ctorch._tensor\n_rebuild_from_type_v2\n(ctorch._utils\n_rebuild_tensor_v2\nctorch.nn.parameter\nParameter\n' +
+      '((\x8c\x07storagectorch\nFloatStorage\n\x8c\x010\x8c\x03cpuK\x02tQK\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\n)Rt}tRu.',
+    'latin1',
+  );
+  const file = path.join(tmp, 'param.pt');
+  const w = new ZipWriter(file);
+  w.add('param/data.pkl', pkl.length, [pkl]);
+  const data = new Uint8Array(Float32Array.from([0.5, -4]).buffer);
+  w.add('param/data/0', 8, [data]);
+  w.finish();
+  const f = await openTorchFile(file);
+  try {
+    assert.deepEqual(f.unknownGlobals, []);
+    assert.deepEqual(Array.from(stateDict(f).get('w')!.read().data as Float32Array), [0.5, -4]);
+  } finally {
+    f.close();
+  }
+});

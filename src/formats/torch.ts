@@ -187,6 +187,11 @@ function torchGlobals(): Record<string, (...args: unknown[]) => unknown> {
     'torch._utils._rebuild_tensor_v3': (s, o, size, stride, _rg, _hooks, dtype) =>
       rebuildTensor(s, o, size, stride, dtype instanceof AllowedGlobal ? TORCH_DTYPES[dtype.key.slice(6)] : undefined),
     'torch._utils._rebuild_parameter': (data) => data,
+    // Tensor subclasses (e.g. a pickled nn.Parameter in newer torch): rebuild the plain tensor, drop the type.
+    'torch._tensor._rebuild_from_type_v2': (fn, _type, args) => {
+      if (!(fn instanceof AllowedGlobal) || !Array.isArray(args) || args.length > 16) throw new Error('unsupported tensor subclass rebuild');
+      return fn.fn(...args);
+    },
     'torch._utils._rebuild_parameter_with_state': (data) => data,
     'torch.Size': (dims) => dims,
     'builtins.set': (items) => new Set(Array.isArray(items) ? items : []),
@@ -212,6 +217,8 @@ function torchGlobals(): Record<string, (...args: unknown[]) => unknown> {
     g[`torch.cuda.${name}`] = inert;
   }
   for (const name of Object.keys(TORCH_DTYPES)) g[`torch.${name}`] = inert;
+  g['torch.Tensor'] = inert;
+  g['torch.nn.parameter.Parameter'] = inert;
   return g;
 }
 
