@@ -45,7 +45,8 @@ test('inspect: format, inert globals, tensor count, dtypes, parameters, model ki
   const cases: [string, RegExp, number, Record<string, number>, RegExp][] = [
     ['tiny_vqgan.ckpt', /PyTorch zip checkpoint/, 183, { float32: 183 }, /^VQGAN f4, 64 codes x 8$/],
     ['tiny_vqgan_legacy.ckpt', /legacy/, 183, { float32: 183 }, /^VQGAN f4/],
-    ['tiny_transformer_cin.ckpt', /zip/, 222, { float32: 222 }, /^Net2Net transformer: GPT 2 layers x 32, vocab 64, block 80 \+ VQGAN f4/],
+    ['tiny_transformer_cin.ckpt', /zip/, 222, { float32: 222 }, /^Net2Net transformer: GPT 2 layers x 32, vocab 64, block 80 \+ VQGAN f4, 64 codes x 8; class-conditional, 10 classes \(config\)$/],
+    ['tiny_transformer_uncond.ckpt', /zip/, 222, { float32: 222 }, /; unconditional \(SOS token 0\) \(config\)$/],
     ['tiny_clip_state.pt', /zip/, 62, { float32: 62 }, /^CLIP ViT \(custom: width 128, patch 8, 2 vision \/ 2 text layers, embed 32\)$/],
     ['tiny_clip_jit.pt', /TorchScript/, 65, { float32: 27, float16: 35, int64: 3 }, /^CLIP ViT \(custom/],
   ];

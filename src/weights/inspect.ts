@@ -112,12 +112,19 @@ export async function inspectWeights(p: string): Promise<InspectReport> {
   }
 }
 
+/** The taming config beside a checkpoint, and (for transformers) the conditioning it declares, added to the kind. */
 function configStatus(file: string, kind: ModelKind): InspectReport['config'] {
   if (kind.family !== 'vqgan' && kind.family !== 'gumbel' && kind.family !== 'transformer') return undefined;
   const cfg = findTamingConfig(file);
   if (!cfg) return undefined;
   try {
-    parseTamingConfig(fs.readFileSync(cfg, 'utf8'), cfg);
+    const parsed = parseTamingConfig(fs.readFileSync(cfg, 'utf8'), cfg);
+    if (parsed.kind === 'transformer' && kind.family === 'transformer') {
+      const c = parsed.model.cond;
+      const cond = c.kind === 'class' ? `class-conditional, ${c.nClasses} classes` : c.kind === 'unconditional' ? `unconditional (SOS token ${c.sosToken})` : `conditioned by ${c.target}`;
+      kind.label = kind.label.replace(' (SOS or class-label conditioning: see its config)', '') + `; ${cond} (config)`;
+      kind.details.conditioning = c.kind;
+    }
     return { file: cfg, ok: true };
   } catch (err) {
     return { file: cfg, ok: false, problem: err instanceof FormatError ? err.problem : String(err) };
