@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend, shutdownBackend, type BackendName } from '../src/engine/backend.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 import { asFloat32, asNumbers, type HostTensor } from '../src/formats/host-tensor.ts';
-import { gptForward, gptStep, gptWeightTensors, loadPrior, type KvCache, type Prior } from '../src/models/gpt.ts';
+import { KV_CHUNK, gptForward, gptStep, gptWeightTensors, kvTensors, loadPrior, type KvCache, type Prior } from '../src/models/gpt.ts';
 import { decodeIndices, weightTensors } from '../src/models/vqgan.ts';
 import { sampleCodes, softmax, topKLogits } from '../src/pipelines/sample.ts';
 import { assertClose, fixture, nhwcToNchw, reference } from './helpers.ts';
@@ -43,6 +43,13 @@ export function assertFiltered(actual: ArrayLike<number>, expected: ArrayLike<nu
   }
   assert.ok(m <= atol, `${label}: max abs diff ${m.toExponential(3)} > atol ${atol}`);
   return m;
+}
+
+/** Chunk lengths of a cache grown one token at a time. */
+function chunkLengths(n: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < n; i += KV_CHUNK) out.push(Math.min(KV_CHUNK, n - i));
+  return out;
 }
 
 function rows(data: Float32Array, n: number): Float32Array[] {
@@ -137,19 +144,17 @@ export function gptParitySuite(backend: BackendName, opts: SuiteOptions = {}): v
         let cache: KvCache<tf.Tensor> | undefined;
         for (let i = 0; i < input.length; i++) {
           const old = cache;
-          const r = tf.tidy(() => {
-            const out = gptStep(o, prior.config.gpt, prior.gpt, tf.tensor2d([input[i]], [1, 1], 'int32'), old);
-            return [out.logits, ...out.cache.layers.flatMap((x) => [x.k, x.v])];
-          });
-          if (old) tf.dispose(old.layers.flatMap((x) => [x.k, x.v]));
-          const [logits, ...kv] = r;
-          cache = { length: i + 1, layers: [] };
-          for (let j = 0; j < kv.length; j += 2) cache.layers.push({ k: kv[j], v: kv[j + 1] });
-          assert.deepEqual(logits.shape, [1, 1, V]);
-          inc.set((await logits.data()) as Float32Array, i * V);
-          logits.dispose();
+          const r = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, tf.tensor2d([input[i]], [1, 1], 'int32'), old));
+          const keep = new Set(kvTensors(r.cache));
+          tf.dispose(kvTensors(old).filter((x) => !keep.has(x)));
+          cache = r.cache;
+          assert.deepEqual(r.logits.shape, [1, 1, V]);
+          inc.set((await r.logits.data()) as Float32Array, i * V);
+          r.logits.dispose();
         }
-        tf.dispose(cache!.layers.flatMap((x) => [x.k, x.v]));
+        // 64 tokens in chunks of KV_CHUNK: full chunks are kept, only the last grows.
+        assert.deepEqual(cache!.layers[0].v.map((x) => x.shape[2]), chunkLengths(input.length));
+        tf.dispose(kvTensors(cache));
         assert.equal(tf.memory().numTensors, before, 'no tensors leaked');
         const d1 = assertClose(inc, g('incremental_logits'), 2e-5 * k, `${v}.incremental_logits`);
         const d2 = assertClose(inc, g('gpt_logits'), 2e-5 * k, `${v}.incremental vs full gpt_logits`);
@@ -161,6 +166,21 @@ export function gptParitySuite(backend: BackendName, opts: SuiteOptions = {}): v
         });
         const d3 = assertClose((await full.data()) as Float32Array, asFloat32(g('gpt_logits')).subarray(5 * V, 12 * V), 2e-5 * k, `${v}: 7 tokens after a cache of 5`);
         full.dispose();
+        // A prefix of 40 (one chunk longer than KV_CHUNK, as sliding-window recomputes make), then single tokens.
+        let c = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, tf.tensor2d(input.subarray(0, 40), [1, 40], 'int32')).cache);
+        const tail = new Float32Array(24 * V);
+        for (let i = 40; i < 64; i++) {
+          const old = c;
+          const r = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, tf.tensor2d([input[i]], [1, 1], 'int32'), old));
+          const keep = new Set(kvTensors(r.cache));
+          tf.dispose(kvTensors(old).filter((x) => !keep.has(x)));
+          c = r.cache;
+          tail.set((await r.logits.data()) as Float32Array, (i - 40) * V);
+          r.logits.dispose();
+        }
+        assert.deepEqual(c.layers[1].v.map((x) => x.shape[2]), [40, 24]);
+        tf.dispose(kvTensors(c));
+        assertClose(tail, asFloat32(g('gpt_logits')).subarray(40 * V), 2e-5 * k, `${v}: single tokens after a prefix of 40`);
         t.diagnostic(`${backend} ${v} max abs diff: incremental_logits ${d1.toExponential(2)}, vs gpt_logits ${d2.toExponential(2)}, 7 after 5 ${d3.toExponential(2)}`);
       });
 

@@ -54,10 +54,27 @@ export interface GptWeights<T> {
   head: T;
 }
 
-/** Key/value cache of every block: k and v are [B, heads, length, headDim]. */
-export interface KvCache<T> {
-  length: number;
-  layers: { k: T; v: T }[];
+/**
+ * Key/value cache of one block, as chunks along the sequence. Values v[c] are [B, heads, len_c, headDim]. Keys of
+ * closed chunks are stored transposed, kT[c] [B, heads, headDim, len_c], so q k^T is a plain matmul (wasm's
+ * transposed matmul copies its operand every call); the last chunk may be open, its keys in `open` untransposed
+ * [B, heads, len, headDim], and then kT has one entry fewer than v. Single tokens are appended to the open chunk
+ * (concat along the sequence axis, cheap in this layout) until it holds KV_CHUNK tokens and is closed (transposed
+ * once). So a token costs an O(KV_CHUNK) copy per block, never a copy of the whole cache: tfjs has no in-place
+ * update, and its concat on wasm/cpu copies element by element (at batch 25, position 255, one whole-cache concat
+ * per block cost seconds per step there; see src/bench/gpt.ts).
+ */
+export type KvLayer<T> = { kT: T[]; v: T[]; open?: T };
+
+/** Key/value cache of every block (type aliases, not interfaces, so tf.tidy can return them). */
+export type KvCache<T> = { length: number; layers: KvLayer<T>[] };
+
+/** Tokens per closed cache chunk: bounds the copy per appended token, and the chunks (ops) per step to length/32. */
+export const KV_CHUNK = 32;
+
+/** Every tensor a cache holds (chunks are shared between a cache and the one gptStep returns from it). */
+export function kvTensors<T>(cache: KvCache<T> | undefined): T[] {
+  return cache ? cache.layers.flatMap((l) => [...l.kT, ...l.v, ...(l.open ? [l.open] : [])]) : [];
 }
 
 /** Records the residual stream after each block (`blocks.N`) and the final `ln_f` output. */
@@ -86,28 +103,68 @@ function embed<T>(o: Ops<T>, cfg: GptConfig, w: GptWeights<T>, idx: T, start: nu
   return o.add(tok, o.slice(w.posEmb, [start, 0], [t, cfg.nEmbd]));
 }
 
+/** Softmax attention of one new token per row, q [B,h,1,hs], over every cached chunk (no mask: all are past). */
+function chunkedAttention<T>(o: Ops<T>, q: T, kv: KvLayer<T>, hs: number): T {
+  const scores = kv.kT.map((kT) => o.matmul(q, kT));
+  if (kv.open) scores.push(o.matmul(q, kv.open, false, true));
+  const p = o.softmax(o.scale(scores.length === 1 ? scores[0] : o.concat(scores, 3), 1 / Math.sqrt(hs)));
+  if (kv.v.length === 1) return o.matmul(p, kv.v[0]);
+  const [b, h, t] = o.shape(q);
+  let y: T | undefined;
+  let offset = 0;
+  for (const v of kv.v) {
+    const len = o.shape(v)[2];
+    const part = o.matmul(o.slice(p, [0, 0, 0, offset], [b, h, t, len]), v);
+    y = y === undefined ? part : o.add(y, part);
+    offset += len;
+  }
+  return y!;
+}
+
+const transposeKeys = <T>(o: Ops<T>, k: T): T => o.transpose(k, [0, 1, 3, 2]);
+
+/** A chunk of new keys/values: closed (keys transposed) when it is full, else open. */
+function newChunk<T>(o: Ops<T>, kT: T[], v: T[], k: T, vNew: T): KvLayer<T> {
+  return o.shape(k)[2] >= KV_CHUNK ? { kT: [...kT, transposeKeys(o, k)], v: [...v, vNew] } : { kT, v: [...v, vNew], open: k };
+}
+
+/** The cache of one block after appending k, v [B,h,t,hs]. */
+function appendKv<T>(o: Ops<T>, past: KvLayer<T> | undefined, k: T, v: T): KvLayer<T> {
+  if (!past) return newChunk(o, [], [], k, v);
+  const n = past.v.length;
+  if (!past.open) return newChunk(o, past.kT, past.v, k, v);
+  const head = past.v.slice(0, n - 1);
+  if (o.shape(k)[2] === 1) return newChunk(o, past.kT, head, o.concat([past.open, k], 2), o.concat([past.v[n - 1], v], 2));
+  // Several new tokens: close the open chunk, the new tokens make the next one.
+  return newChunk(o, [...past.kT, transposeKeys(o, past.open)], past.v, k, v);
+}
+
 /**
  * One transformer block over x [B,T,C]. With `past` (the block's cached keys/values) the new queries attend to
  * the cached keys followed by their own (causal among the new ones, which is no mask at all for one token).
- * Returns the block output and the keys/values including the new ones.
+ * Returns the block output and the block's cache including the new tokens.
  */
-function block<T>(o: Ops<T>, cfg: GptConfig, w: GptBlock<T>, x: T, past?: { k: T; v: T }): { x: T; k: T; v: T } {
+function block<T>(o: Ops<T>, cfg: GptConfig, w: GptBlock<T>, x: T, past?: KvLayer<T>): { x: T; kv: KvLayer<T> } {
   const [b, t] = o.shape(x);
   const heads = cfg.nHead;
   const hs = cfg.nEmbd / heads;
   const h = layerNorm(o, w.ln1, x);
-  let k = splitHeads(o, linear(o, w.key, h), b, t, heads, hs);
+  const k = splitHeads(o, linear(o, w.key, h), b, t, heads, hs);
   const q = splitHeads(o, linear(o, w.query, h), b, t, heads, hs);
-  let v = splitHeads(o, linear(o, w.value, h), b, t, heads, hs);
-  if (past) {
-    k = o.concat([past.k, k], 2);
-    v = o.concat([past.v, v], 2);
+  const v = splitHeads(o, linear(o, w.value, h), b, t, heads, hs);
+  const kv = appendKv(o, past, k, v);
+  let y: T;
+  if (!past) y = o.attention(q, k, v, { causal: t > 1 });
+  else if (t === 1) y = chunkedAttention(o, q, kv, hs);
+  else {
+    // Several new tokens after a cache (rare: conditioning prefixes): one causal attention over the whole cache.
+    const keys = [...kv.kT.map((kT) => transposeKeys(o, kT)), ...(kv.open ? [kv.open] : [])];
+    y = o.attention(q, o.concat(keys, 2), o.concat(kv.v, 2), { causal: true });
   }
-  const y = o.attention(q, k, v, { causal: t > 1 });
   const merged = o.reshape(o.transpose(y, [0, 2, 1, 3]), [b, t, cfg.nEmbd]);
   const x1 = o.add(x, linear(o, w.proj, merged));
   const m = linear(o, w.fcOut, o.gelu(linear(o, w.fc, layerNorm(o, w.ln2, x1))));
-  return { x: o.add(x1, m), k, v };
+  return { x: o.add(x1, m), kv };
 }
 
 function headLogits<T>(o: Ops<T>, w: GptWeights<T>, x: T, tap?: GptTaps<T>): T {
@@ -128,12 +185,9 @@ export function gptForward<T>(o: Ops<T>, cfg: GptConfig, w: GptWeights<T>, idx: 
 
 /**
  * forward_with_past: int32 idx [B,Tnew] placed after `cache` (positions cache.length ...). Returns the logits
- * [B,Tnew,vocab] (with `lastOnly`, [B,1,vocab] of the last new token) and the cache extended by the new tokens (the old cache's tensors are not reused by the new
- * one; the caller frees them). Tnew > 1 (e.g. several conditioning tokens) is causal among the new tokens.
- *
- * The cache grows by concatenation, which copies it: O(length) bytes per token per layer. In tfjs there is no
- * in-place update (a preallocated buffer would be rewritten whole by any scatter), and at the released model's
- * sizes the copy is small next to reading the weights (measured in src/bench/gpt.ts).
+ * [B,Tnew,vocab] (with `lastOnly`, [B,1,vocab] of the last new token) and the cache extended by the new tokens.
+ * The new cache shares the old one's full chunks: free only the old tensors it does not hold (kvTensors).
+ * Tnew > 1 (e.g. several conditioning tokens) is causal among the new tokens.
  */
 export function gptStep<T>(
   o: Ops<T>,
@@ -146,11 +200,11 @@ export function gptStep<T>(
   const start = cache?.length ?? 0;
   const [b, t] = o.shape(idx);
   let x = embed(o, cfg, w, idx, start);
-  const layers: { k: T; v: T }[] = [];
+  const layers: KvLayer<T>[] = [];
   w.blocks.forEach((bw, i) => {
     const r = block(o, cfg, bw, x, cache?.layers[i]);
     x = r.x;
-    layers.push({ k: r.k, v: r.v });
+    layers.push(r.kv);
   });
   // Sampling only needs the last position: skip the vocabulary projection of the others (lastOnly).
   if (opts.lastOnly && t > 1) x = o.slice(x, [0, t - 1, 0], [b, 1, cfg.nEmbd]);

@@ -13,7 +13,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Ops } from '../engine/ops.ts';
 import { UserError } from '../cli/errors.ts';
-import { gptStep, condToken, type KvCache, type Prior } from '../models/gpt.ts';
+import { gptStep, condToken, kvTensors, type KvCache, type Prior } from '../models/gpt.ts';
 import { decodeIndices } from '../models/vqgan.ts';
 import { Rng } from '../util/rng.ts';
 import type { RgbImage } from '../io/image.ts';
@@ -253,8 +253,10 @@ function plan(grid: [number, number], trained: [number, number]): Step[] {
   return steps;
 }
 
-function disposeCache(cache: KvCache<tf.Tensor> | undefined): void {
-  if (cache) for (const l of cache.layers) tf.dispose([l.k, l.v]);
+/** Frees the tensors of `old` that `next` does not share (all of them without `next`). */
+function releaseCache(old: KvCache<tf.Tensor> | undefined, next?: KvCache<tf.Tensor>): void {
+  const keep = new Set(kvTensors(next));
+  tf.dispose(kvTensors(old).filter((x) => !keep.has(x)));
 }
 
 /**
@@ -301,13 +303,10 @@ export async function sampleCodes(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, op
         const t = reuse ? 1 : len + 1;
         const old = cache;
         // tidy keeps what the step returns (logits and the new cache) and frees its intermediates.
-        const [logitsT, ...kv] = tf.tidy(() => {
-          const r = gptStep(o, prior.config.gpt, prior.gpt, o.constantInt(input, [B, t]), reuse ? old : undefined, { lastOnly: true });
-          return [r.logits, ...r.cache.layers.flatMap((l) => [l.k, l.v])];
-        });
-        disposeCache(old);
-        cache = { length: len + 1, layers: [] }; // the conditioning token + the context
-        for (let i = 0; i < kv.length; i += 2) cache.layers.push({ k: kv[i], v: kv[i + 1] });
+        const r = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, o.constantInt(input, [B, t]), reuse ? old : undefined, { lastOnly: true }));
+        releaseCache(old, r.cache);
+        cache = r.cache;
+        const logitsT = r.logits;
         prevKey = step.key;
         prevLen = len;
         const logits = await o.read(logitsT);
@@ -320,7 +319,7 @@ export async function sampleCodes(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, op
         opts.onProgress?.((first * total) + (s + 1) * B, opts.n * total);
       }
     } finally {
-      disposeCache(cache);
+      releaseCache(cache);
     }
     const sequenceMode = steps[0].key === 'seq';
     for (const buf of bufs) results.push(sequenceMode ? prior.permuter.toRaster(buf) : buf);
