@@ -81,8 +81,10 @@ export function interpolationMatrix(
   return m;
 }
 
-// Matrices per backend instance (a removed backend takes its tensors with it), then per size/mode.
+// Matrices per backend instance (a removed backend takes its tensors with it), then per size/mode, least recently used
+// last out: cutouts resize from many random crop sizes, and a 400 -> 224 matrix is 350 KB.
 const matrixCache = new WeakMap<object, Map<string, tf.Tensor2D>>();
+const MAX_CACHED_MATRICES = 128;
 
 function cachedMatrix(
   inSize: number,
@@ -99,10 +101,19 @@ function cachedMatrix(
   }
   const key = `${inSize}>${outSize}:${mode}:${align ? 1 : 0}:${a}`;
   let m = perBackend.get(key);
-  if (!m || m.isDisposed) {
-    // keep(): resize() is usually called inside a tidy(); the cached matrix must outlive it.
-    m = tf.keep(tf.tensor2d(Float32Array.from(interpolationMatrix(inSize, outSize, mode, align, a)), [outSize, inSize]));
+  if (m && !m.isDisposed) {
+    perBackend.delete(key); // re-insert: most recently used last
     perBackend.set(key, m);
+    return m;
+  }
+  // keep(): resize() is usually called inside a tidy(); the cached matrix must outlive it.
+  m = tf.keep(tf.tensor2d(Float32Array.from(interpolationMatrix(inSize, outSize, mode, align, a)), [outSize, inSize]));
+  perBackend.set(key, m);
+  if (perBackend.size > MAX_CACHED_MATRICES) {
+    // Safe even if a pending gradient still needs it: the tape holds its own reference to saved inputs.
+    const [oldest, t] = perBackend.entries().next().value as [string, tf.Tensor2D];
+    perBackend.delete(oldest);
+    t.dispose();
   }
   return m;
 }
