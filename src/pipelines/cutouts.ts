@@ -1,0 +1,293 @@
+// Cutouts: the batch of crops of the synthesised image that CLIP scores each step (nerdyrodent generate.py's
+// MakeCutouts* classes), written against the op vocabulary (NHWC images in [0, 1]).
+//
+//   const cuts = makeCutouts(o, image, { method: 'latest', cutSize: 224, cutn: 32, cutPow: 1 }, rng.fork('cutouts').fork(step));
+//
+// Methods (generate.py --cut_method):
+//   original        MakeCutoutsOrig: cutn random square crops (size = rand^cut_pow between cut_size and the short side),
+//                   each resampled to cut_size with generate.py's `resample` (Lanczos-2 anti-aliasing when shrinking,
+//                   reflect padding, then bicubic a=-0.75 align_corners=True), then clamp_with_grad(0, 1).
+//   latest          MakeCutouts (the default): the WHOLE image pooled to cut_size ((adaptive avg + adaptive max) / 2),
+//                   repeated cutn times, then the --augments list (default Af Pe Ji Er), then noise:
+//                   cut + U(0, 0.1) * N(0, 1) per cutout.
+//   updatedpooling  MakeCutoutsPoolingUpdate: the same pooling with its fixed kornia set (affine with border padding,
+//                   perspective 0.7, hue/saturation jitter, erasing), then noise.
+//   nrupdated       MakeCutoutsNRUpdate: original's random crops + resample, then the --augments list with that class's
+//                   settings (perspective 0.5, affine 30 degrees), then noise.
+//   fast            not in generate.py: original's random crops resized bilinearly (align_corners=False, no
+//                   anti-aliasing) and noise; no warps, so no gather (cheapest with a correct gradient everywhere).
+// Every random choice comes from the rng handed in (forks 'boxes', 'augment', 'noise'), so a seed fixes the cutouts.
+//
+// Resampling and pooling are written as matrices applied along H and W with matmul: resample = Bicubic (dh x h) @
+// Lanczos-with-reflect-padding (h x h), computed in float64 and rounded once; average pooling = window-averaging
+// matrices; max pooling = elementwise maximum over one-hot row/column selections. Matmul's gradient is exact on every
+// backend (tfjs's own resize/maxPool gradients are not, see ENGINE.md), and a crop's two small matrices cost less
+// than its 1-D convolutions.
+import { UserError } from '../cli/errors.ts';
+import type { Ops } from '../engine/ops.ts';
+import type { Rng } from '../util/rng.ts';
+import { augment, augmentSpecs, addCutoutNoise, type AugmentSpec } from './augment.ts';
+
+export const CUT_METHODS = ['latest', 'original', 'updatedpooling', 'nrupdated', 'fast'] as const;
+export type CutMethod = (typeof CUT_METHODS)[number];
+
+export interface CutoutConfig {
+  method: CutMethod;
+  /** Side of each cutout (CLIP's input resolution). */
+  cutSize: number;
+  /** Number of cutouts. */
+  cutn: number;
+  /** Crop size distribution exponent (original, nrupdated, fast); 1 = uniform between cut_size and the short side. */
+  cutPow: number;
+  /** generate.py --augments for 'latest' / 'nrupdated' (default ['Af', 'Pe', 'Ji', 'Er']). */
+  augments?: readonly string[];
+  /** Noise factor (generate.py: 0.1); 0 disables it. */
+  noiseFac?: number;
+}
+
+export function parseCutMethod(text: string): CutMethod {
+  const found = CUT_METHODS.find((m) => m === text.trim().toLowerCase());
+  if (found) return found;
+  throw new UserError(`unknown cut method '${text}'`, `choose one of ${CUT_METHODS.join(', ')}`);
+}
+
+/** The batch of cutouts [cutn, cutSize, cutSize, C] of `image` [1, H, W, C]. */
+export function makeCutouts<T>(o: Ops<T>, image: T, cfg: CutoutConfig, rng: Rng): T {
+  const [, h, w] = o.shape(image);
+  const { cutSize, cutn } = cfg;
+  const noiseFac = cfg.noiseFac ?? 0.1;
+  switch (cfg.method) {
+    case 'original':
+      return makeCutoutsOrig(o, image, cutSize, drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize));
+    case 'latest':
+    case 'updatedpooling': {
+      const specs: AugmentSpec[] = augmentSpecs(cfg.method === 'latest' ? (cfg.augments ?? ['Af', 'Pe', 'Ji', 'Er']) : 'updatedpooling', cfg.method, cutSize);
+      const pooled = poolToSize(o, image, cutSize);
+      return addCutoutNoise(o, augment(o, pooled, cutn, specs, rng.fork('augment')), noiseFac, rng.fork('noise'));
+    }
+    case 'nrupdated': {
+      const specs = augmentSpecs(cfg.augments ?? ['Af', 'Pe', 'Ji', 'Er'], 'nrupdated', cutSize);
+      const boxes = drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize);
+      const cuts = o.concat(boxes.map((b) => resampleCrop(o, image, b, cutSize, 'resample')), 0);
+      return addCutoutNoise(o, augment(o, cuts, cutn, specs, rng.fork('augment')), noiseFac, rng.fork('noise'));
+    }
+    case 'fast': {
+      const boxes = drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize);
+      const cuts = o.concat(boxes.map((b) => resampleCrop(o, image, b, cutSize, 'bilinear')), 0);
+      return addCutoutNoise(o, cuts, noiseFac, rng.fork('noise'));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Random crops (MakeCutoutsOrig)
+
+/** A square crop: rows offsetY..offsetY+size-1, columns offsetX..offsetX+size-1. */
+export interface CutBox {
+  size: number;
+  offsetX: number;
+  offsetY: number;
+}
+
+/**
+ * generate.py's crop draws: size = int(rand()^cut_pow * (max_size - min_size) + min_size) with
+ * max_size = min(H, W), min_size = min(H, W, cut_size); offsets = randint(0, side - size + 1).
+ */
+export function drawOrigBoxes(rng: Rng, cutn: number, cutPow: number, h: number, w: number, cutSize: number): CutBox[] {
+  const maxSize = Math.min(h, w);
+  const minSize = Math.min(h, w, cutSize);
+  return Array.from({ length: cutn }, () => {
+    const size = Math.floor(rng.uniform() ** cutPow * (maxSize - minSize) + minSize);
+    const offsetX = rng.intRange(0, w - size + 1);
+    const offsetY = rng.intRange(0, h - size + 1);
+    return { size, offsetX, offsetY };
+  });
+}
+
+/** MakeCutoutsOrig.forward with given boxes: crop, resample to cutSize, concatenate, clamp_with_grad(0, 1). */
+export function makeCutoutsOrig<T>(o: Ops<T>, image: T, cutSize: number, boxes: readonly CutBox[]): T {
+  return o.clampWithGrad(o.concat(boxes.map((b) => resampleCrop(o, image, b, cutSize, 'resample')), 0), 0, 1);
+}
+
+function resampleCrop<T>(o: Ops<T>, image: T, b: CutBox, cutSize: number, kind: 'resample' | 'bilinear'): T {
+  const [n, h, w, c] = o.shape(image);
+  if (b.offsetY < 0 || b.offsetX < 0 || b.offsetY + b.size > h || b.offsetX + b.size > w) {
+    throw new RangeError(`crop ${JSON.stringify(b)} outside a ${h}x${w} image`);
+  }
+  const crop = o.slice(image, [0, b.offsetY, b.offsetX, 0], [n, b.size, b.size, c]);
+  const m = kind === 'resample' ? resampleMatrix(b.size, cutSize) : bilinearMatrix(b.size, cutSize);
+  const mt = o.constant(Float32Array.from(m), [cutSize, b.size]);
+  return applySeparable(o, crop, mt, mt);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// generate.py's resample() as a matrix
+
+/** sinc(x) = sin(pi x) / (pi x), 1 at 0. */
+function sinc(x: number): number {
+  return x === 0 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x);
+}
+
+/**
+ * generate.py's anti-aliasing kernel lanczos(ramp(ratio, 2), 2), in float32 like torch: ramp values are stored in a
+ * float32 tensor, the kernel is computed and normalised in float32.
+ */
+export function lanczosKernel(ratio: number): Float32Array {
+  const width = 2;
+  const n = Math.ceil(width / ratio + 1);
+  const out = new Float32Array(n);
+  let cur = 0;
+  for (let i = 0; i < n; i++) {
+    out[i] = cur;
+    cur += ratio;
+  }
+  // cat([-out[1:].flip(0), out])[1:-1]
+  const full = [...Array.from(out.slice(1)).reverse().map((v) => -v), ...out].slice(1, -1);
+  const k = full.map((x) => (-width < x && x < width ? Math.fround(Math.fround(sinc(x)) * Math.fround(sinc(Math.fround(x / width)))) : 0));
+  let sum = 0;
+  for (const v of k) sum = Math.fround(sum + v);
+  return Float32Array.from(k, (v) => v / sum);
+}
+
+/** PyTorch's bicubic convolution weights for fraction t (A = -0.75), taps at floor-1 .. floor+2. */
+function cubicWeights(t: number): [number, number, number, number] {
+  const A = -0.75;
+  const c1 = (x: number) => ((A + 2) * x - (A + 3)) * x * x + 1;
+  const c2 = (x: number) => ((A * x - 5 * A) * x + 8 * A) * x - 4 * A;
+  return [c2(t + 1), c1(t), c1(1 - t), c2(2 - t)];
+}
+
+/** F.interpolate(mode='bicubic', align_corners=True) along one axis: [out, in] (taps clamped at the borders). */
+export function bicubicMatrix(inSize: number, outSize: number): Float64Array {
+  const m = new Float64Array(outSize * inSize);
+  const scale = outSize > 1 ? (inSize - 1) / (outSize - 1) : 0;
+  for (let i = 0; i < outSize; i++) {
+    const real = i * scale;
+    const idx = Math.min(Math.max(Math.floor(real), 0), inSize - 1);
+    const t = Math.min(Math.max(real - idx, 0), 1);
+    const wts = cubicWeights(t);
+    for (let k = 0; k < 4; k++) {
+      const src = Math.min(Math.max(idx - 1 + k, 0), inSize - 1);
+      m[i * inSize + src] += wts[k];
+    }
+  }
+  return m;
+}
+
+/** F.interpolate(mode='bilinear', align_corners=False) along one axis, no anti-aliasing: [out, in]. */
+export function bilinearMatrix(inSize: number, outSize: number): Float64Array {
+  const m = new Float64Array(outSize * inSize);
+  const scale = inSize / outSize;
+  for (let i = 0; i < outSize; i++) {
+    const real = Math.max((i + 0.5) * scale - 0.5, 0);
+    const i0 = Math.min(Math.floor(real), inSize - 1);
+    const i1 = Math.min(i0 + 1, inSize - 1);
+    const t = real - i0;
+    m[i * inSize + i0] += 1 - t;
+    m[i * inSize + i1] += t;
+  }
+  return m;
+}
+
+/** Index of `j` in a reflect-padded axis of length n (PyTorch 'reflect': the edge sample is not repeated). */
+function reflectIndex(j: number, n: number): number {
+  if (n === 1) return 0;
+  const period = 2 * (n - 1);
+  let r = ((j % period) + period) % period;
+  if (r >= n) r = period - r;
+  return r;
+}
+
+/**
+ * generate.py's resample(x, (out, out)) along one axis as an [out, in] matrix: when shrinking, the Lanczos kernel
+ * convolved over the reflect-padded axis (pad = (K-1)/2); then bicubic align_corners=True.
+ */
+export function resampleMatrix(inSize: number, outSize: number): Float64Array {
+  const bic = bicubicMatrix(inSize, outSize);
+  if (outSize >= inSize) return bic;
+  const kernel = lanczosKernel(outSize / inSize);
+  const pad = (kernel.length - 1) / 2;
+  // lanczos[i, src]: output sample i of the 'valid' convolution over the padded axis.
+  const lan = new Float64Array(inSize * inSize);
+  for (let i = 0; i < inSize; i++) {
+    for (let k = 0; k < kernel.length; k++) lan[i * inSize + reflectIndex(i + k - pad, inSize)] += kernel[k];
+  }
+  const m = new Float64Array(outSize * inSize);
+  for (let i = 0; i < outSize; i++) {
+    for (let j = 0; j < inSize; j++) {
+      const b = bic[i * inSize + j];
+      if (b === 0) continue;
+      for (let s = 0; s < inSize; s++) m[i * inSize + s] += b * lan[j * inSize + s];
+    }
+  }
+  return m;
+}
+
+/** generate.py's resample(x, (dh, dw)) of an NHWC batch. */
+export function resample<T>(o: Ops<T>, x: T, dh: number, dw: number): T {
+  const [, h, w] = o.shape(x);
+  const mh = o.constant(Float32Array.from(resampleMatrix(h, dh)), [dh, h]);
+  const mw = h === w && dh === dw ? mh : o.constant(Float32Array.from(resampleMatrix(w, dw)), [dw, w]);
+  return applySeparable(o, x, mh, mw);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Separable linear maps and adaptive pooling
+
+/** Applies `mh` [dh, h] along H of an NHWC tensor. */
+export function mapRows<T>(o: Ops<T>, x: T, mh: T): T {
+  const [n, h, w, c] = o.shape(x);
+  const dh = o.shape(mh)[0];
+  const rows = n === 1 ? o.reshape(x, [h, w * c]) : o.reshape(o.transpose(x, [1, 0, 2, 3]), [h, n * w * c]);
+  const y = o.matmul(mh, rows);
+  return n === 1 ? o.reshape(y, [1, dh, w, c]) : o.transpose(o.reshape(y, [dh, n, w, c]), [1, 0, 2, 3]);
+}
+
+/** Applies `mw` [dw, w] along W of an NHWC tensor. */
+export function mapCols<T>(o: Ops<T>, x: T, mw: T): T {
+  const [n, h, w, c] = o.shape(x);
+  const dw = o.shape(mw)[0];
+  const cols = o.reshape(o.transpose(x, [2, 0, 1, 3]), [w, n * h * c]);
+  return o.transpose(o.reshape(o.matmul(mw, cols), [dw, n, h, c]), [1, 2, 0, 3]);
+}
+
+/** mh along H, then mw along W: out[n, i, j, c] = sum mh[i, y] mw[j, x] x[n, y, x, c]. */
+export function applySeparable<T>(o: Ops<T>, x: T, mh: T, mw: T): T {
+  return mapCols(o, mapRows(o, x, mh), mw);
+}
+
+/** PyTorch adaptive pooling windows: start = floor(i in / out), end = ceil((i+1) in / out). */
+export function adaptiveWindows(inSize: number, outSize: number): [start: number, end: number][] {
+  return Array.from({ length: outSize }, (_, i) => [Math.floor((i * inSize) / outSize), Math.ceil(((i + 1) * inSize) / outSize)]);
+}
+
+/** nn.AdaptiveAvgPool1d as an [out, in] matrix. */
+export function adaptiveAvgMatrix(inSize: number, outSize: number): Float32Array {
+  const m = new Float32Array(outSize * inSize);
+  adaptiveWindows(inSize, outSize).forEach(([s, e], i) => {
+    for (let j = s; j < e; j++) m[i * inSize + j] = 1 / (e - s);
+  });
+  return m;
+}
+
+/** One-hot [out, in] matrices whose elementwise maximum over k is adaptive max pooling along one axis. */
+export function adaptiveMaxSelections(inSize: number, outSize: number): Float32Array[] {
+  const win = adaptiveWindows(inSize, outSize);
+  const kmax = Math.max(...win.map(([s, e]) => e - s));
+  return Array.from({ length: kmax }, (_, k) => {
+    const m = new Float32Array(outSize * inSize);
+    win.forEach(([s, e], i) => (m[i * inSize + Math.min(s + k, e - 1)] = 1));
+    return m;
+  });
+}
+
+/** (AdaptiveAvgPool2d(size) + AdaptiveMaxPool2d(size)) / 2 of an NHWC image, as generate.py's pooling cutters. */
+export function poolToSize<T>(o: Ops<T>, x: T, size: number): T {
+  const [, h, w] = o.shape(x);
+  const avg = applySeparable(o, x, o.constant(adaptiveAvgMatrix(h, size), [size, h]), o.constant(adaptiveAvgMatrix(w, size), [size, w]));
+  // Max over a rectangle = max over its rows of the max over its columns; ties go to the earliest row / column.
+  const maxOf = (ts: T[]) => ts.reduce((a, b) => o.maximum(a, b));
+  const rowMax = maxOf(adaptiveMaxSelections(h, size).map((m) => mapRows(o, x, o.constant(m, [size, h]))));
+  const max = maxOf(adaptiveMaxSelections(w, size).map((m) => mapCols(o, rowMax, o.constant(m, [size, w]))));
+  return o.scale(o.add(avg, max), 0.5);
+}
