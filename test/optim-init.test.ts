@@ -35,7 +35,7 @@ test('nearest codes of z_before match e2e step*.code_indices exactly; codebook r
     const z = e2e.get(`step${k}.z_before`)!;
     const [b, c, h, w] = z.shape;
     const idx = await o.readInt(nearestCodes(o, o.constant(nchwToNhwc(asFloat32(z), z.shape), [b, h, w, c]), codebook));
-    const want = Array.from(e2e.get(`step${k}.code_indices`)!.data as BigInt64Array, Number);
+    const want: number[] = Array.from(e2e.get(`step${k}.code_indices`)!.data as BigInt64Array, (v) => Number(v));
     assert.deepEqual(Array.from(idx), want, `step${k}.code_indices`);
   }
   // clampToRange is z.maximum(z_min).minimum(z_max).
