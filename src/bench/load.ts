@@ -46,7 +46,13 @@ function pattern(bytes: number, seed: number): Uint8Array {
   return new Uint8Array(out.buffer);
 }
 
-export async function benchLoad(log: (line: string) => void = console.log, opts: LoadBenchOptions = {}): Promise<LoadBenchResult> {
+/** The bench section (`npm run bench -- --only load`): prints its lines. */
+export async function benchLoad(log: (line: string) => void = console.log, opts: LoadBenchOptions = {}): Promise<void> {
+  await measureLoad(log, opts);
+}
+
+/** Runs the load benchmark and returns its figures as well as printing them. */
+export async function measureLoad(log: (line: string) => void = console.log, opts: LoadBenchOptions = {}): Promise<LoadBenchResult> {
   const target = opts.bytes ?? (opts.quick ? 256 * 2 ** 20 : 2.5 * 2 ** 30);
   const dir = fs.mkdtempSync(path.join(opts.dir ?? os.tmpdir(), 'vqclip-bench-load-'));
   const file = path.join(dir, 'synthetic.ckpt');
