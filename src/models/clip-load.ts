@@ -4,15 +4,33 @@
 // mapped onto OpenAI's names). Shapes are inferred from the weights as clip/model.py build_model does.
 import fs from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { UserError } from '../cli/errors.ts';
+import { resolveWeights } from '../formats/convert.ts';
 import { FormatError, asFloat32, type HostTensor } from '../formats/host-tensor.ts';
 import { LazyTensor } from '../formats/torch.ts';
 import type { Ops } from '../engine/ops.ts';
 import type { ClipConfig, ClipWeights, LayerNormW, LinearW, ResBlockW } from './clip.ts';
-import { openStateDict } from './vqgan-load.ts';
 import { WeightMap, convToHWIO, linearToInOut, type TensorSource } from './weights.ts';
 
-export const DEFAULT_CLIP = 'weights/ViT-B-32.pt';
+/** The CLIP used when none is named: ViT-B-32.pt in the weights folder. */
+export const DEFAULT_CLIP_FILE = 'ViT-B-32.pt';
+
+/**
+ * The weights folders, in search order: $VQCLIP_WEIGHTS, ./weights, and the weights/ folder of this installation.
+ */
+export function weightFolders(): string[] {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const dirs = [process.env.VQCLIP_WEIGHTS, path.resolve('weights'), path.resolve(here, '../../weights')].filter((d): d is string => !!d);
+  return [...new Set(dirs.map((d) => path.resolve(d)))];
+}
+
+/** weights/ViT-B-32.pt in the first weights folder that has it; else the path the error will name. */
+export function defaultClipPath(): string {
+  const dirs = weightFolders();
+  const found = dirs.map((d) => path.join(d, DEFAULT_CLIP_FILE)).find((f) => fs.existsSync(f));
+  return found ?? path.join(process.env.VQCLIP_WEIGHTS ? path.resolve(process.env.VQCLIP_WEIGHTS) : 'weights', DEFAULT_CLIP_FILE);
+}
 
 /** Where OpenAI publishes its ViT models (clip/clip.py _MODELS). */
 export const CLIP_URLS: Record<string, string> = {
@@ -255,10 +273,14 @@ export function resolveClipFile(p: string): { file: string; hfConfig?: string } 
   throw new UserError(`${p} holds no model.safetensors or pytorch_model.bin`, 'pass the CLIP weights file itself, or a Hugging Face CLIP folder');
 }
 
-/** Loads a CLIP ViT model (file or Hugging Face folder) as tensors of `o`; dispose them with clipWeightTensors. */
+/**
+ * Loads a CLIP ViT model (file or Hugging Face folder) as tensors of `o`; dispose them with clipWeightTensors.
+ * An up-to-date converted X.safetensors beside X.pt (`vqclip weights convert`) is read instead of the archive.
+ */
 export async function loadClip<T>(o: Ops<T>, modelPath: string): Promise<LoadedClip<T>> {
-  const { file, hfConfig } = resolveClipFile(modelPath);
-  const sd = await openStateDict(file);
+  const { file: named, hfConfig } = resolveClipFile(modelPath);
+  const sd = await resolveWeights(named);
+  const file = sd.file;
   try {
     if (isHuggingFace(sd.tensors)) {
       const overrides = hfConfig ? readHfConfig(hfConfig).overrides : {};

@@ -254,10 +254,11 @@ function readJson(file: string): unknown {
 
 /**
  * Finds CLIP's vocabulary for a model file or folder: a Hugging Face folder's own tokenizer files, else
- * `bpe_simple_vocab_16e6.txt.gz` next to the model, in `weights/`, or in the extra directories given.
+ * `bpe_simple_vocab_16e6.txt.gz` next to the model, then in the weights folders (clip-load.ts weightFolders:
+ * $VQCLIP_WEIGHTS, ./weights, this installation's weights/) or the directories given.
  * The error names every place looked at and where to download the file.
  */
-export function loadClipTokenizer(modelPath?: string, extraDirs: string[] = []): ClipTokenizer {
+export function loadClipTokenizer(modelPath?: string, searchDirs: string[] = [path.resolve('weights')]): ClipTokenizer {
   const dirs: string[] = [];
   if (modelPath) {
     const isDir = fs.existsSync(modelPath) && fs.statSync(modelPath).isDirectory();
@@ -267,7 +268,7 @@ export function loadClipTokenizer(modelPath?: string, extraDirs: string[] = []):
     }
     dirs.push(dir);
   }
-  dirs.push(path.resolve('weights'), ...extraDirs);
+  dirs.push(...searchDirs);
   const looked: string[] = [];
   for (const d of dirs) {
     const f = path.join(d, BPE_VOCAB_FILE);
