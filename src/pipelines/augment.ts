@@ -272,7 +272,8 @@ export function warpBatch<T>(o: Ops<T>, x: T, stages: WarpStage[][]): T {
 
   const hw = h * w;
   const index = Array.from({ length: 4 }, () => new Int32Array(n * hw));
-  const weight = Array.from({ length: 4 }, () => new Float32Array(n * hw));
+  // Weights repeated per channel: an elementwise product of equal shapes (broadcasting is slow on wasm).
+  const weight = Array.from({ length: 4 }, () => new Float32Array(n * hw * c));
   const tw = new Float64Array(4);
   const ti = new Int32Array(4);
   for (let b = 0; b < n; b++) {
@@ -311,7 +312,7 @@ export function warpBatch<T>(o: Ops<T>, x: T, stages: WarpStage[][]): T {
         taps(qx, qy, h, w, tw, ti);
         for (let k = 0; k < 4; k++) {
           index[k][p] = base + Math.max(ti[k], 0);
-          weight[k][p] = tw[k] * cover;
+          weight[k].fill(tw[k] * cover, p * c, (p + 1) * c);
         }
       }
     }
@@ -319,7 +320,7 @@ export function warpBatch<T>(o: Ops<T>, x: T, stages: WarpStage[][]): T {
   const table = o.reshape(x, [n0 * hw, c]);
   let sum: T | undefined;
   for (let k = 0; k < 4; k++) {
-    const g = o.mul(o.gatherRows(table, o.constantInt(index[k], [n * hw])), o.constant(weight[k], [n * hw, 1]));
+    const g = o.mul(o.gatherRows(table, o.constantInt(index[k], [n * hw])), o.constant(weight[k], [n * hw, c]));
     sum = sum ? o.add(sum, g) : g;
   }
   return o.reshape(sum!, [n, h, w, c]);
@@ -381,6 +382,7 @@ function photometric<T>(o: Ops<T>, x: T, n: number, spec: AugmentSpec, rng: Rng)
         const t = rng.uniformRange(-spec.hue, spec.hue);
         return on ? t : 0;
       });
+      if (!apply.includes(true)) return x;
       const col = (f: Float32Array) => o.constant(f, [n, 1, 1, 1]);
       const oneMinus = (f: Float32Array) => o.constant(Float32Array.from(f, (v) => 1 - v), [n, 1, 1, 1]);
       let y = x;

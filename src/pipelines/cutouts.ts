@@ -115,9 +115,25 @@ function resampleCrop<T>(o: Ops<T>, image: T, b: CutBox, cutSize: number, kind: 
     throw new RangeError(`crop ${JSON.stringify(b)} outside a ${h}x${w} image`);
   }
   const crop = o.slice(image, [0, b.offsetY, b.offsetX, 0], [n, b.size, b.size, c]);
-  const m = kind === 'resample' ? resampleMatrix(b.size, cutSize) : bilinearMatrix(b.size, cutSize);
-  const mt = o.constant(Float32Array.from(m), [cutSize, b.size]);
+  const mt = o.constant(cachedMatrix(kind, b.size, cutSize), [cutSize, b.size]);
   return applySeparable(o, crop, mt, mt);
+}
+
+// Crop sizes repeat from step to step (at most short side - cut size + 1 of them): keep their matrices.
+const matrixCache = new Map<string, Float32Array>();
+const MATRIX_CACHE_ENTRIES = 128;
+
+function cachedMatrix(kind: 'resample' | 'bilinear', inSize: number, outSize: number): Float32Array {
+  const key = `${kind}:${inSize}:${outSize}`;
+  let m = matrixCache.get(key);
+  if (m) {
+    matrixCache.delete(key); // most recently used last
+  } else {
+    m = Float32Array.from(kind === 'resample' ? resampleMatrix(inSize, outSize) : bilinearMatrix(inSize, outSize));
+    if (matrixCache.size >= MATRIX_CACHE_ENTRIES) matrixCache.delete(matrixCache.keys().next().value!);
+  }
+  matrixCache.set(key, m);
+  return m;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -212,12 +228,12 @@ export function resampleMatrix(inSize: number, outSize: number): Float64Array {
   for (let i = 0; i < inSize; i++) {
     for (let k = 0; k < kernel.length; k++) lan[i * inSize + reflectIndex(i + k - pad, inSize)] += kernel[k];
   }
+  // m = bic @ lan; bic has at most 4 nonzeros per row.
   const m = new Float64Array(outSize * inSize);
   for (let i = 0; i < outSize; i++) {
     for (let j = 0; j < inSize; j++) {
       const b = bic[i * inSize + j];
-      if (b === 0) continue;
-      for (let s = 0; s < inSize; s++) m[i * inSize + s] += b * lan[j * inSize + s];
+      if (b !== 0) for (let s = 0; s < inSize; s++) m[i * inSize + s] += b * lan[j * inSize + s];
     }
   }
   return m;

@@ -138,9 +138,21 @@ export class Rng {
     return out;
   }
 
-  /** Fills `out` with normals of the given mean and standard deviation. */
+  /**
+   * Fills `out` with normals of the given mean and standard deviation: the polar method on 32-bit uniforms (half the
+   * generator calls of normal(); bulk noise does not need 53-bit uniforms).
+   */
   fillNormal<A extends Float32Array | Float64Array>(out: A, mean = 0, std = 1): A {
-    for (let i = 0; i < out.length; i++) out[i] = mean + std * this.normal();
+    const k = 2 ** -31;
+    for (let i = 0; i < out.length; ) {
+      const u = (this.uint32() + 0.5) * k - 1;
+      const v = (this.uint32() + 0.5) * k - 1;
+      const s = u * u + v * v;
+      if (s >= 1) continue;
+      const f = Math.sqrt((-2 * Math.log(s)) / s);
+      out[i++] = mean + std * u * f;
+      if (i < out.length) out[i++] = mean + std * v * f;
+    }
     return out;
   }
 
