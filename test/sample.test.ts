@@ -147,6 +147,13 @@ describe('sampling from the tiny priors (cpu)', () => {
     }
   });
 
+  test('greedy codes do not depend on how the kv cache is chunked', async (t) => {
+    const p = await prior(t, 'cin');
+    if (!p) return;
+    const runs = await Promise.all([1, 7, 32, 80].map((kvChunk) => sampleCodes(o, p, { n: 2, classLabel: 5, greedy: true, kvChunk })));
+    for (const r of runs.slice(1)) assert.deepEqual(r, runs[0]);
+  });
+
   test('sliding window on a 12x10 grid = a literal port of taming\'s window loop', async (t) => {
     const p = await prior(t, 'uncond');
     if (!p) return;

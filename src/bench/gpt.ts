@@ -17,7 +17,7 @@ import { initBackend, shutdownBackend } from '../engine/backend.ts';
 import { tfOps } from '../engine/tfjs-ops.ts';
 import type { TransformerConfig } from '../formats/taming-config.ts';
 import { KV_CHUNK, gptParameterCount, gptStep, kvTensors, makePermuter, type GptBlock, type GptConfig, type GptWeights, type KvCache, type Prior } from '../models/gpt.ts';
-import { sampleCodes } from '../pipelines/sample.ts';
+import { defaultKvChunk, sampleCodes } from '../pipelines/sample.ts';
 
 export interface GptBenchOptions {
   quick?: boolean;
@@ -47,9 +47,7 @@ function randomWeights(cfg: GptConfig, layers: number): { w: GptWeights<tf.Tenso
   const ln = () => ({ gamma: tf.ones([C]), beta: tf.zeros([C]) });
   const shared: GptBlock<tf.Tensor> = {
     ln1: ln(),
-    key: lin(C, C),
-    query: lin(C, C),
-    value: lin(C, C),
+    qkv: lin(C, 3 * C),
     proj: lin(C, C),
     ln2: ln(),
     fc: lin(C, 4 * C),
@@ -63,7 +61,7 @@ function randomWeights(cfg: GptConfig, layers: number): { w: GptWeights<tf.Tenso
     head: uniform([C, cfg.vocabSize], 2 / Math.sqrt(C), seed++),
   };
   const tensors = [w.tokEmb, w.posEmb, w.head, w.lnF.gamma, w.lnF.beta, shared.ln1.gamma, shared.ln1.beta, shared.ln2.gamma, shared.ln2.beta];
-  for (const l of [shared.key, shared.query, shared.value, shared.proj, shared.fc, shared.fcOut]) tensors.push(l.w, l.b!);
+  for (const l of [shared.qkv, shared.proj, shared.fc, shared.fcOut]) tensors.push(l.w, l.b!);
   return { w, tensors };
 }
 
@@ -136,11 +134,12 @@ async function cacheAppendTime(cfg: GptConfig, batch: number, rows: number, laye
 /** Best seconds of one gptStep (+ logits read-back) after a chunked cache of `pos` tokens (random contents). */
 async function forwardTime(cfg: GptConfig, w: GptWeights<tf.Tensor>, batch: number, pos: number): Promise<number> {
   const hs = cfg.nEmbd / cfg.nHead;
-  // What sampling leaves after `pos` single tokens: closed chunks of KV_CHUNK (keys transposed) + an open rest.
-  const closed = Math.floor(pos / KV_CHUNK);
-  const rest = pos - closed * KV_CHUNK;
-  const kT = Array.from({ length: closed }, (_, i) => uniform([batch, cfg.nHead, hs, KV_CHUNK], 1, 100 + i));
-  const v = Array.from({ length: closed }, (_, i) => uniform([batch, cfg.nHead, KV_CHUNK, hs], 1, 200 + i));
+  // What sampling leaves after `pos` single tokens: closed chunks (keys transposed) + an open rest.
+  const size = defaultKvChunk(cfg);
+  const closed = Math.floor(pos / size);
+  const rest = pos - closed * size;
+  const kT = Array.from({ length: closed }, (_, i) => uniform([batch, cfg.nHead, hs, size], 1, 100 + i));
+  const v = Array.from({ length: closed }, (_, i) => uniform([batch, cfg.nHead, size, hs], 1, 200 + i));
   const open = rest ? uniform([batch, cfg.nHead, rest, hs], 1, 300) : undefined;
   if (open) v.push(uniform([batch, cfg.nHead, rest, hs], 1, 301));
   const layer = { kT, v, open };
@@ -151,7 +150,7 @@ async function forwardTime(cfg: GptConfig, w: GptWeights<tf.Tensor>, batch: numb
   try {
     for (let i = 0; i < 3; i++) {
       const t = performance.now();
-      const r = tf.tidy(() => gptStep(tfOps, cfg, w, idx, cache, { lastOnly: true }));
+      const r = tf.tidy(() => gptStep(tfOps, cfg, w, idx, cache, { lastOnly: true, kvChunk: size }));
       await r.logits.data();
       if (i > 0) best = Math.min(best, (performance.now() - t) / 1000);
       tf.dispose([r.logits, ...kvTensors(r.cache).filter((x) => !held.has(x))]);
@@ -162,7 +161,11 @@ async function forwardTime(cfg: GptConfig, w: GptWeights<tf.Tensor>, batch: numb
   return best;
 }
 
-const f2 = (x: number) => (x >= 10 ? x.toFixed(0) : x >= 1 ? x.toFixed(1) : x.toFixed(2));
+const f2 = (x: number): string => {
+  const a = Math.abs(x);
+  return a >= 10 ? x.toFixed(0) : a >= 1 ? x.toFixed(1) : a >= 0.01 ? x.toFixed(2) : x.toPrecision(2);
+};
+const signed = (x: number): string => (x >= 0 ? `+${f2(x)}` : f2(x));
 
 export async function benchGpt(log: (line: string) => void, opts: GptBenchOptions = {}): Promise<void> {
   const backend = tf.getBackend();
@@ -212,7 +215,7 @@ export async function benchGpt(log: (line: string) => void, opts: GptBenchOption
       const early = await forwardTime(CIN, w, b, 1);
       const late = await forwardTime(CIN, w, b, 255);
       const extra = ((late - early) * CIN.nLayer) / Math.max(L, 1);
-      log(`batch ${b}, position 255 vs 1: +${f2(extra)} s per step${scaled ? ' (scaled)' : ''} (${f2((100 * extra) / results[b])}% of the step above)`);
+      log(`batch ${b}, position 255 vs 1: ${signed(extra)} s per step${scaled ? ' (scaled)' : ''} (${f2((100 * extra) / results[b])}% of the step above)`);
     } finally {
       tf.dispose(tensors);
     }
@@ -223,14 +226,16 @@ export async function benchGpt(log: (line: string) => void, opts: GptBenchOption
   log(`  vs PyTorch H200: 44 tokens/s batch 1 (ours ${f2(1 / b1)}: ${f2(44 * b1)}x slower), 1000 tokens/s batch 25 (ours ${f2(25 / b25)}: ${f2((1000 * b25) / 25)}x slower)`);
 
   // What appending a token to the kv cache copies late in a 16x16 image (position 255): a single-tensor cache
-  // copies all 255 rows per block; gpt.ts's chunked cache copies the last chunk (KV_CHUNK/2 rows on average).
+  // copies all 255 rows per block; a chunked one the last chunk (KV_CHUNK/2 rows on average).
+  const used = defaultKvChunk(CIN) >= CIN.blockSize ? 'one chunk (whole-cache concat)' : `chunks of ${KV_CHUNK}`;
   for (const b of [1, 25]) {
     const whole = await cacheAppendTime(CIN, b, 255, CIN.nLayer);
     const chunk = await cacheAppendTime(CIN, b, KV_CHUNK / 2, CIN.nLayer);
     const step = results[b];
     log(
       `kv-cache append at position 255, batch ${b}, all ${CIN.nLayer} blocks: whole-cache concat ${(whole * 1000).toFixed(0)} ms ` +
-        `(${((100 * whole) / step).toFixed(0)}% of a step), chunked (ours, ${KV_CHUNK / 2} rows on average) ${(chunk * 1000).toFixed(0)} ms (${((100 * chunk) / step).toFixed(1)}%)`,
+        `(${((100 * whole) / step).toFixed(0)}% of a step), chunks of ${KV_CHUNK} (${KV_CHUNK / 2} rows on average) ${(chunk * 1000).toFixed(0)} ms ` +
+        `(${((100 * chunk) / step).toFixed(1)}%); sampling on ${backend} uses ${used}`,
     );
   }
 }

@@ -34,9 +34,8 @@ export interface LayerNorm<T> {
 
 export interface GptBlock<T> {
   ln1: LayerNorm<T>;
-  key: Linear<T>;
-  query: Linear<T>;
-  value: Linear<T>;
+  /** query, key and value Linear(C,C) fused: [C, 3C], columns q | k | v (one matmul instead of three). */
+  qkv: Linear<T>;
   proj: Linear<T>;
   ln2: LayerNorm<T>;
   fc: Linear<T>;
@@ -69,7 +68,11 @@ export type KvLayer<T> = { kT: T[]; v: T[]; open?: T };
 /** Key/value cache of every block (type aliases, not interfaces, so tf.tidy can return them). */
 export type KvCache<T> = { length: number; layers: KvLayer<T>[] };
 
-/** Tokens per closed cache chunk: bounds the copy per appended token, and the chunks (ops) per step to length/32. */
+/**
+ * Default tokens per closed cache chunk: bounds the copy per appended token, and the chunks (ops) per step to
+ * length/32. Where copies are cheap and ops are not (GPUs), pass a larger kvChunk to gptStep (block_size: one
+ * chunk, i.e. the plain concatenated cache).
+ */
 export const KV_CHUNK = 32;
 
 /** Every tensor a cache holds (chunks are shared between a cache and the one gptStep returns from it). */
@@ -123,20 +126,20 @@ function chunkedAttention<T>(o: Ops<T>, q: T, kv: KvLayer<T>, hs: number): T {
 
 const transposeKeys = <T>(o: Ops<T>, k: T): T => o.transpose(k, [0, 1, 3, 2]);
 
-/** A chunk of new keys/values: closed (keys transposed) when it is full, else open. */
-function newChunk<T>(o: Ops<T>, kT: T[], v: T[], k: T, vNew: T): KvLayer<T> {
-  return o.shape(k)[2] >= KV_CHUNK ? { kT: [...kT, transposeKeys(o, k)], v: [...v, vNew] } : { kT, v: [...v, vNew], open: k };
+/** A chunk of new keys/values: closed (keys transposed) when it holds `size` tokens, else open. */
+function newChunk<T>(o: Ops<T>, kT: T[], v: T[], k: T, vNew: T, size: number): KvLayer<T> {
+  return o.shape(k)[2] >= size ? { kT: [...kT, transposeKeys(o, k)], v: [...v, vNew] } : { kT, v: [...v, vNew], open: k };
 }
 
-/** The cache of one block after appending k, v [B,h,t,hs]. */
-function appendKv<T>(o: Ops<T>, past: KvLayer<T> | undefined, k: T, v: T): KvLayer<T> {
-  if (!past) return newChunk(o, [], [], k, v);
+/** The cache of one block after appending k, v [B,h,t,hs], with chunks of `size` tokens. */
+function appendKv<T>(o: Ops<T>, past: KvLayer<T> | undefined, k: T, v: T, size: number): KvLayer<T> {
+  if (!past) return newChunk(o, [], [], k, v, size);
   const n = past.v.length;
-  if (!past.open) return newChunk(o, past.kT, past.v, k, v);
+  if (!past.open) return newChunk(o, past.kT, past.v, k, v, size);
   const head = past.v.slice(0, n - 1);
-  if (o.shape(k)[2] === 1) return newChunk(o, past.kT, head, o.concat([past.open, k], 2), o.concat([past.v[n - 1], v], 2));
+  if (o.shape(k)[2] === 1) return newChunk(o, past.kT, head, o.concat([past.open, k], 2), o.concat([past.v[n - 1], v], 2), size);
   // Several new tokens: close the open chunk, the new tokens make the next one.
-  return newChunk(o, [...past.kT, transposeKeys(o, past.open)], past.v, k, v);
+  return newChunk(o, [...past.kT, transposeKeys(o, past.open)], past.v, k, v, size);
 }
 
 /**
@@ -144,15 +147,17 @@ function appendKv<T>(o: Ops<T>, past: KvLayer<T> | undefined, k: T, v: T): KvLay
  * the cached keys followed by their own (causal among the new ones, which is no mask at all for one token).
  * Returns the block output and the block's cache including the new tokens.
  */
-function block<T>(o: Ops<T>, cfg: GptConfig, w: GptBlock<T>, x: T, past?: KvLayer<T>): { x: T; kv: KvLayer<T> } {
+function block<T>(o: Ops<T>, cfg: GptConfig, w: GptBlock<T>, x: T, past?: KvLayer<T>, kvChunk = KV_CHUNK): { x: T; kv: KvLayer<T> } {
   const [b, t] = o.shape(x);
   const heads = cfg.nHead;
   const hs = cfg.nEmbd / heads;
   const h = layerNorm(o, w.ln1, x);
-  const k = splitHeads(o, linear(o, w.key, h), b, t, heads, hs);
-  const q = splitHeads(o, linear(o, w.query, h), b, t, heads, hs);
-  const v = splitHeads(o, linear(o, w.value, h), b, t, heads, hs);
-  const kv = appendKv(o, past, k, v);
+  // [B,T,3C] -> [B,3*heads,T,hs]: heads 0..nh-1 are q, then k, then v.
+  const qkv = o.transpose(o.reshape(linear(o, w.qkv, h), [b, t, 3 * heads, hs]), [0, 2, 1, 3]);
+  const q = o.slice(qkv, [0, 0, 0, 0], [b, heads, t, hs]);
+  const k = o.slice(qkv, [0, heads, 0, 0], [b, heads, t, hs]);
+  const v = o.slice(qkv, [0, 2 * heads, 0, 0], [b, heads, t, hs]);
+  const kv = appendKv(o, past, k, v, kvChunk);
   let y: T;
   if (!past) y = o.attention(q, k, v, { causal: t > 1 });
   else if (t === 1) y = chunkedAttention(o, q, kv, hs);
@@ -195,14 +200,14 @@ export function gptStep<T>(
   w: GptWeights<T>,
   idx: T,
   cache?: KvCache<T>,
-  opts: { lastOnly?: boolean } = {},
+  opts: { lastOnly?: boolean; kvChunk?: number } = {},
 ): { logits: T; cache: KvCache<T> } {
   const start = cache?.length ?? 0;
   const [b, t] = o.shape(idx);
   let x = embed(o, cfg, w, idx, start);
   const layers: KvLayer<T>[] = [];
   w.blocks.forEach((bw, i) => {
-    const r = block(o, cfg, bw, x, cache?.layers[i]);
+    const r = block(o, cfg, bw, x, cache?.layers[i], opts.kvChunk);
     x = r.x;
     layers.push(r.kv);
   });
@@ -240,6 +245,15 @@ export function gptWeights<T>(o: Ops<T>, wm: WeightMap, cfg: GptConfig): GptWeig
     const t = linearToInOut(get(`${prefix}.weight`, [cout, cin]));
     return { w: o.constant(t.data, t.shape), b: bias ? vec(`${prefix}.bias`, cout) : undefined };
   };
+  // query | key | value side by side: row r of the [C, 3C] matrix is row r of each [C, C] one.
+  const qkv = (prefix: string): Linear<T> => {
+    const parts = ['query', 'key', 'value'].map((n) => linearToInOut(get(`${prefix}.${n}.weight`, [C, C])).data);
+    const w = new Float32Array(C * 3 * C);
+    for (let r = 0; r < C; r++) parts.forEach((m, j) => w.set(m.subarray(r * C, (r + 1) * C), r * 3 * C + j * C));
+    const b = new Float32Array(3 * C);
+    ['query', 'key', 'value'].forEach((n, j) => b.set(asFloat32(get(`${prefix}.${n}.bias`, [C])), j * C));
+    return { w: o.constant(w, [C, 3 * C]), b: o.constant(b, [3 * C]) };
+  };
   const ln = (prefix: string): LayerNorm<T> => ({ gamma: vec(`${prefix}.weight`, C), beta: vec(`${prefix}.bias`, C) });
 
   const tokEmb = o.constant(asFloat32(get('tok_emb.weight', [V, C])), [V, C]);
@@ -249,9 +263,7 @@ export function gptWeights<T>(o: Ops<T>, wm: WeightMap, cfg: GptConfig): GptWeig
     const p = `blocks.${i}`;
     blocks.push({
       ln1: ln(`${p}.ln1`),
-      key: lin(`${p}.attn.key`, C, C),
-      query: lin(`${p}.attn.query`, C, C),
-      value: lin(`${p}.attn.value`, C, C),
+      qkv: qkv(`${p}.attn`),
       proj: lin(`${p}.attn.proj`, C, C),
       ln2: ln(`${p}.ln2`),
       fc: lin(`${p}.mlp.0`, C, 4 * C),
@@ -275,7 +287,7 @@ export function gptWeights<T>(o: Ops<T>, wm: WeightMap, cfg: GptConfig): GptWeig
 export function gptWeightTensors<T>(w: GptWeights<T>): T[] {
   const out: T[] = [w.tokEmb, w.posEmb, w.lnF.gamma, w.lnF.beta, w.head];
   for (const b of w.blocks) {
-    for (const l of [b.key, b.query, b.value, b.proj, b.fc, b.fcOut]) out.push(l.w, ...(l.b ? [l.b] : []));
+    for (const l of [b.qkv, b.proj, b.fc, b.fcOut]) out.push(l.w, ...(l.b ? [l.b] : []));
     out.push(b.ln1.gamma, b.ln1.beta, b.ln2.gamma, b.ln2.beta);
   }
   return out;

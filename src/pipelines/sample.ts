@@ -13,7 +13,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Ops } from '../engine/ops.ts';
 import { UserError } from '../cli/errors.ts';
-import { gptStep, condToken, kvTensors, type KvCache, type Prior } from '../models/gpt.ts';
+import { KV_CHUNK, gptStep, condToken, kvTensors, type GptConfig, type KvCache, type Prior } from '../models/gpt.ts';
 import { decodeIndices } from '../models/vqgan.ts';
 import { Rng } from '../util/rng.ts';
 import type { RgbImage } from '../io/image.ts';
@@ -203,6 +203,8 @@ export interface SampleOptions extends FilterOptions {
   seed?: number;
   /** Or the run's generator: sample i draws from its fork i (overrides seed). */
   rng?: Rng;
+  /** Key/value cache chunk size (default defaultKvChunk()). */
+  kvChunk?: number;
   /** Called after every code of a batch: codes done so far over all samples, and the total. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -253,6 +255,15 @@ function plan(grid: [number, number], trained: [number, number]): Step[] {
   return steps;
 }
 
+/**
+ * The kv-cache chunk size for the current backend: GPUs copy fast but pay per op, so one chunk (the plain
+ * concatenated cache, fewest ops per step); wasm and cpu copy element by element, so KV_CHUNK-token chunks.
+ */
+export function defaultKvChunk(cfg: GptConfig): number {
+  const backend = tf.getBackend();
+  return backend === 'webgpu' || backend === 'webgl' || backend === 'tensorflow' ? cfg.blockSize : KV_CHUNK;
+}
+
 /** Frees the tensors of `old` that `next` does not share (all of them without `next`). */
 function releaseCache(old: KvCache<tf.Tensor> | undefined, next?: KvCache<tf.Tensor>): void {
   const keep = new Set(kvTensors(next));
@@ -276,6 +287,7 @@ export async function sampleCodes(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, op
   // Only tokens that are codes can be drawn: a vocabulary larger than the codebook (never so in the released
   // models, where vocab_size == n_embed) has its extra rows left out, as if their logits were -inf.
   const nEmbed = prior.config.firstStage.nEmbed;
+  const kvChunk = opts.kvChunk ?? defaultKvChunk(prior.config.gpt);
 
   for (let first = 0; first < opts.n; first += batchSize) {
     const B = Math.min(batchSize, opts.n - first);
@@ -303,7 +315,7 @@ export async function sampleCodes(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, op
         const t = reuse ? 1 : len + 1;
         const old = cache;
         // tidy keeps what the step returns (logits and the new cache) and frees its intermediates.
-        const r = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, o.constantInt(input, [B, t]), reuse ? old : undefined, { lastOnly: true }));
+        const r = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, o.constantInt(input, [B, t]), reuse ? old : undefined, { lastOnly: true, kvChunk }));
         releaseCache(old, r.cache);
         cache = r.cache;
         const logitsT = r.logits;
