@@ -9,6 +9,7 @@ import { asFloat32 } from '../src/formats/host-tensor.ts';
 import {
   adaptiveWindows,
   bicubicMatrix,
+  bilinearMatrix,
   drawOrigBoxes,
   lanczosKernel,
   makeCutoutsOrig,
@@ -17,6 +18,7 @@ import {
   type CutBox,
 } from '../src/pipelines/cutouts.ts';
 import { Rng } from '../src/util/rng.ts';
+import { interpolationMatrix } from '../src/engine/gradients.ts';
 
 const o = tfOps;
 await tf.setBackend(process.env.VQCLIP_TEST_BACKEND ?? 'cpu');
@@ -94,6 +96,11 @@ test('resample matrices: Lanczos kernel as generate.py, rows sum to 1, identity 
       for (let j = 0; j < inS; j++) sum += m[i * inS + j];
       assert.ok(Math.abs(sum - 1) < 1e-6, `${inS}->${outS} row ${i} sums to ${sum}`);
     }
+  }
+  // The engine's F.interpolate matrices (written independently) agree exactly.
+  for (const [i, j] of [[64, 32], [57, 32], [20, 32], [300, 224], [7, 3], [3, 7], [1, 5], [5, 1]]) {
+    assert.equal(maxAbsDiff(bicubicMatrix(i, j), interpolationMatrix(i, j, 'bicubic', true)), 0, `bicubic ${i}->${j}`);
+    assert.equal(maxAbsDiff(bilinearMatrix(i, j), interpolationMatrix(i, j, 'bilinear', false)), 0, `bilinear ${i}->${j}`);
   }
   const id = bicubicMatrix(32, 32);
   for (let i = 0; i < 32; i++) for (let j = 0; j < 32; j++) assert.equal(id[i * 32 + j], i === j ? 1 : 0);
