@@ -104,14 +104,14 @@ test('colour: hue rotation keeps greys and inverts; jitter with p = 0 is the ide
   const [s, n] = [10, 3];
   const img = new Rng(8).fillUniform(new Float32Array(s * s * 3));
   const x = o.constant(img, [1, s, s, 3]);
-  const off = augmentSpecs(['Ji'], 'latest', s).map((sp) => ({ ...sp, p: 0 }));
+  const off = augmentSpecs(['Ji']).map((sp) => ({ ...sp, p: 0 }));
   const same = await o.read(augment(o, x, n, off, new Rng(1)));
   for (let b = 0; b < n; b++) assert.deepEqual(same.subarray(b * s * s * 3, (b + 1) * s * s * 3), img);
-  const on = await o.read(augment(o, x, n, augmentSpecs(['Ji'], 'latest', s).map((sp) => ({ ...sp, p: 1 })), new Rng(1)));
+  const on = await o.read(augment(o, x, n, augmentSpecs(['Ji']).map((sp) => ({ ...sp, p: 1 })), new Rng(1)));
   assert.ok(on.every((v) => v >= 0 && v <= 1));
   assert.ok(maxAbsDiff(on.subarray(0, s * s * 3), img) > 1e-3, 'jitter changes the image');
 
-  const erase = augmentSpecs(['Er'], 'latest', s).map((sp) => ({ ...sp, p: 1 }));
+  const erase = augmentSpecs(['Er']).map((sp) => ({ ...sp, p: 1 }));
   const er = await o.read(augment(o, x, n, erase, new Rng(2)));
   const zeros = Array.from({ length: n }, (_, b) => {
     const z: number[] = [];
@@ -123,9 +123,9 @@ test('colour: hue rotation keeps greys and inverts; jitter with p = 0 is the ide
 });
 
 test('augment names: supported list, unsupported ones and unknown ones are UserErrors; cut methods parse', () => {
-  assert.deepEqual(augmentSpecs(['Af', 'Pe', 'Ji', 'Er', 'Ro', 'Gn', 'Re', 'Cr'], 'latest', 224).map((s) => s.kind), ['affine', 'perspective', 'jitter', 'erase', 'affine', 'gaussianNoise', 'resizedCrop', 'identity']);
-  assert.throws(() => augmentSpecs(['Af', 'Sh'], 'latest', 224), (e: unknown) => e instanceof UserError && /'Sh'.*not supported/.test(e.message));
-  assert.throws(() => augmentSpecs(['Xx'], 'latest', 224), (e: unknown) => e instanceof UserError && /unknown augment 'Xx'/.test(e.message));
+  assert.deepEqual(augmentSpecs(['Af', 'Pe', 'Ji', 'Er', 'Ro', 'Gn', 'Re', 'Cr']).map((s) => s.kind), ['affine', 'perspective', 'jitter', 'erase', 'affine', 'gaussianNoise', 'resizedCrop', 'identity']);
+  assert.throws(() => augmentSpecs(['Af', 'Sh']), (e: unknown) => e instanceof UserError && /'Sh'.*not supported/.test(e.message));
+  assert.throws(() => augmentSpecs(['Xx']), (e: unknown) => e instanceof UserError && /unknown augment 'Xx'/.test(e.message));
   assert.equal(parseCutMethod('Latest'), 'latest');
   assert.throws(() => parseCutMethod('random'), UserError);
 });

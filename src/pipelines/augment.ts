@@ -35,20 +35,20 @@ export type AugmentSpec =
 
 const ERASE = { scale: [0.1, 0.4] as [number, number], ratio: [0.3, 1 / 0.3] as [number, number] };
 
+/** MakeCutoutsPoolingUpdate's fixed kornia list (cut method 'updatedpooling'). */
+export const UPDATED_POOLING_AUGMENTS: readonly AugmentSpec[] = [
+  { kind: 'affine', name: 'Af', p: 0.7, degrees: 15, translate: 0.1, shear: 0, padding: 'border' },
+  { kind: 'perspective', name: 'Pe', p: 0.7, distortion: 0.7 },
+  { kind: 'jitter', name: 'Ji', p: 0.7, brightness: 0, contrast: 0, saturation: 0.1, hue: 0.1 },
+  { kind: 'erase', name: 'Er', p: 0.7, ...ERASE },
+];
+
 /**
- * The kornia modules generate.py builds: for 'latest' (MakeCutouts) and 'nrupdated' (MakeCutoutsNRUpdate) from the
- * --augments names, for 'updatedpooling' its fixed list.
+ * The kornia modules generate.py builds from --augments names for 'latest' (MakeCutouts) and 'nrupdated'
+ * (MakeCutoutsNRUpdate, which uses perspective 0.5 and affine 30 degrees). 'Cr' crops to the cut size, which every
+ * cutter here already produces, so it is the identity.
  */
-export function augmentSpecs(names: readonly string[] | 'updatedpooling', variant: 'latest' | 'nrupdated' | 'updatedpooling', cutSize: number): AugmentSpec[] {
-  void cutSize; // every cutter here produces cut_size x cut_size before augmenting, so 'Cr' is the identity
-  if (names === 'updatedpooling' || variant === 'updatedpooling') {
-    return [
-      { kind: 'affine', name: 'Af', p: 0.7, degrees: 15, translate: 0.1, shear: 0, padding: 'border' },
-      { kind: 'perspective', name: 'Pe', p: 0.7, distortion: 0.7 },
-      { kind: 'jitter', name: 'Ji', p: 0.7, brightness: 0, contrast: 0, saturation: 0.1, hue: 0.1 },
-      { kind: 'erase', name: 'Er', p: 0.7, ...ERASE },
-    ];
-  }
+export function augmentSpecs(names: readonly string[], variant: 'latest' | 'nrupdated' = 'latest'): AugmentSpec[] {
   const nr = variant === 'nrupdated';
   return names.map((name): AugmentSpec => {
     switch (name) {

@@ -26,9 +26,11 @@
 import { UserError } from '../cli/errors.ts';
 import type { Ops } from '../engine/ops.ts';
 import type { Rng } from '../util/rng.ts';
-import { augment, augmentSpecs, addCutoutNoise, type AugmentSpec } from './augment.ts';
+import { addCutoutNoise, augment, augmentSpecs, UPDATED_POOLING_AUGMENTS } from './augment.ts';
 
 export const CUT_METHODS = ['latest', 'original', 'updatedpooling', 'nrupdated', 'fast'] as const;
+/** generate.py's default --augments. */
+export const DEFAULT_AUGMENTS: readonly string[] = ['Af', 'Pe', 'Ji', 'Er'];
 export type CutMethod = (typeof CUT_METHODS)[number];
 
 export interface CutoutConfig {
@@ -61,12 +63,12 @@ export function makeCutouts<T>(o: Ops<T>, image: T, cfg: CutoutConfig, rng: Rng)
       return makeCutoutsOrig(o, image, cutSize, drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize));
     case 'latest':
     case 'updatedpooling': {
-      const specs: AugmentSpec[] = augmentSpecs(cfg.method === 'latest' ? (cfg.augments ?? ['Af', 'Pe', 'Ji', 'Er']) : 'updatedpooling', cfg.method, cutSize);
+      const specs = cfg.method === 'latest' ? augmentSpecs(cfg.augments ?? DEFAULT_AUGMENTS) : UPDATED_POOLING_AUGMENTS;
       const pooled = poolToSize(o, image, cutSize);
       return addCutoutNoise(o, augment(o, pooled, cutn, specs, rng.fork('augment')), noiseFac, rng.fork('noise'));
     }
     case 'nrupdated': {
-      const specs = augmentSpecs(cfg.augments ?? ['Af', 'Pe', 'Ji', 'Er'], 'nrupdated', cutSize);
+      const specs = augmentSpecs(cfg.augments ?? DEFAULT_AUGMENTS, 'nrupdated');
       const boxes = drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize);
       const cuts = o.concat(boxes.map((b) => resampleCrop(o, image, b, cutSize, 'resample')), 0);
       return addCutoutNoise(o, augment(o, cuts, cutn, specs, rng.fork('augment')), noiseFac, rng.fork('noise'));
