@@ -101,3 +101,18 @@ export interface Ops<T> {
   /** clamp whose gradient passes outside the range only when descent points back inside (ClampWithGrad). */
   clampWithGrad(x: T, lo: number, hi: number): T;
 }
+
+/**
+ * What a pipeline needs from an engine besides the ops: gradients and tensor lifetimes. The tfjs executor uses
+ * tfjs autodiff and tidy(); a compiled executor derives the gradient on its plan.
+ */
+export interface Executor<T> {
+  readonly ops: Ops<T>;
+  /** f(x) (a scalar) and its gradient w.r.t. x; tensors f makes are freed unless kept. */
+  valueAndGrad(f: (x: T) => T, x: T): { value: T; grad: T };
+  /** Runs f and frees every tensor it made except those it returns (and those kept). */
+  scope<R>(f: () => R): R;
+  /** Exempts a tensor from the enclosing scope's cleanup. */
+  keep<R extends T>(x: R): R;
+  dispose(xs: T | readonly T[]): void;
+}

@@ -2,7 +2,7 @@
 // (tensorflow, webgpu, wasm, cpu). Gradients come from tfjs autodiff, with the gaps closed in gradients.ts.
 import * as tf from '@tensorflow/tfjs';
 import { clampWithGrad, gatherRows, resize, stopGradient, straightThrough } from './gradients.ts';
-import type { Conv2dOptions, Ops } from './ops.ts';
+import type { Conv2dOptions, Executor, Ops } from './ops.ts';
 
 type T = tf.Tensor;
 
@@ -126,4 +126,12 @@ export const tfOps: Ops<T> = {
   straightThrough: (value, gradTarget) => straightThrough(value, gradTarget),
   stopGradient: (x) => stopGradient(x),
   clampWithGrad: (x, lo, hi) => clampWithGrad(x, lo, hi),
+};
+
+export const tfExecutor: Executor<T> = {
+  ops: tfOps,
+  valueAndGrad: (f, x) => tf.valueAndGrad(f)(x),
+  scope: (f) => tf.tidy(f as () => tf.TensorContainer) as never,
+  keep: (x) => tf.keep(x),
+  dispose: (xs) => tf.dispose(xs as tf.Tensor | tf.Tensor[]),
 };

@@ -1,0 +1,3 @@
+import { generateParitySuite } from './generate-parity.ts';
+
+generateParitySuite('wasm');
