@@ -6,7 +6,7 @@
 // nothing changes, one line at a time - the same steps in the same order as `ftfy.fix_and_explain`, including
 // `decode_inconsistent_utf8` (UTF-8 mojibake embedded in text that does not reinterpret as a whole).
 // Also here: Python's `html.unescape`, which CLIP applies twice after ftfy.
-import fs from 'node:fs';
+import HTML5_ENTITIES from './html5-entities.json' with { type: 'json' };
 
 // ---------------------------------------------------------------------------------------------------------------
 // Character categories of ftfy/badness.py (MOJIBAKE_CATEGORIES), as regex class contents.
@@ -366,11 +366,9 @@ function removeControlChars(text: string): string {
 // ---------------------------------------------------------------------------------------------------------------
 // HTML entities.
 
-let html5: Record<string, string> | undefined;
 /** Python's html.entities.html5 (names with and without ';'), generated from CPython 3.11's table. */
 function html5Entities(): Record<string, string> {
-  html5 ??= JSON.parse(fs.readFileSync(new URL('./html5-entities.json', import.meta.url), 'utf8')) as Record<string, string>;
-  return html5;
+  return HTML5_ENTITIES as Record<string, string>;
 }
 
 // Python's html._invalid_charrefs (numeric references the HTML5 spec remaps) and _invalid_codepoints (dropped).
