@@ -40,7 +40,7 @@ export function generateParitySuite(backend: BackendName, opts: { tolScale?: num
       await shutdownBackend();
     });
 
-    test(`${steps} steps reproduce the reference losses, gradients, latents, cutouts, embeddings and images', async (t) => {
+    test(`${steps} steps reproduce the reference losses, gradients, latents, cutouts, embeddings and images`, async (t) => {
       if (unavailable) return t.skip(unavailable);
       const { readSafetensors } = await import('../src/formats/safetensors.ts');
       const ref = readSafetensors(path.join(FIXTURES, 'e2e_reference.safetensors'));
