@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend, shutdownBackend, type BackendName } from '../src/engine/backend.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 import { asFloat32, asNumbers, type HostTensor } from '../src/formats/host-tensor.ts';
-import { KV_CHUNK, gptForward, gptStep, gptWeightTensors, kvTensors, loadPrior, type KvCache, type Prior } from '../src/models/gpt.ts';
+import { gptForward, gptStep, gptWeightTensors, kvTensors, loadPrior, type KvCache, type Prior } from '../src/models/gpt.ts';
 import { decodeIndices, weightTensors } from '../src/models/vqgan.ts';
 import { sampleCodes, softmax, topKLogits } from '../src/pipelines/sample.ts';
 import { assertClose, fixture, nhwcToNchw, reference } from './helpers.ts';
@@ -45,12 +45,15 @@ export function assertFiltered(actual: ArrayLike<number>, expected: ArrayLike<nu
   return m;
 }
 
-/** Chunk lengths of a cache grown one token at a time. */
-function chunkLengths(n: number): number[] {
+/** Chunk lengths of a cache grown one token at a time with chunks of `size`. */
+function chunkLengths(n: number, size: number): number[] {
   const out: number[] = [];
-  for (let i = 0; i < n; i += KV_CHUNK) out.push(Math.min(KV_CHUNK, n - i));
+  for (let i = 0; i < n; i += size) out.push(Math.min(size, n - i));
   return out;
 }
+
+/** A kv-cache chunk size small enough that the 64-token fixtures close chunks (the default is larger). */
+const CHUNK = 24;
 
 function rows(data: Float32Array, n: number): Float32Array[] {
   const w = data.length / n;
@@ -144,7 +147,7 @@ export function gptParitySuite(backend: BackendName, opts: SuiteOptions = {}): v
         let cache: KvCache<tf.Tensor> | undefined;
         for (let i = 0; i < input.length; i++) {
           const old = cache;
-          const r = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, tf.tensor2d([input[i]], [1, 1], 'int32'), old));
+          const r = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, tf.tensor2d([input[i]], [1, 1], 'int32'), old, { kvChunk: CHUNK }));
           const keep = new Set(kvTensors(r.cache));
           tf.dispose(kvTensors(old).filter((x) => !keep.has(x)));
           cache = r.cache;
@@ -152,8 +155,9 @@ export function gptParitySuite(backend: BackendName, opts: SuiteOptions = {}): v
           inc.set((await r.logits.data()) as Float32Array, i * V);
           r.logits.dispose();
         }
-        // 64 tokens in chunks of KV_CHUNK: full chunks are kept, only the last grows.
-        assert.deepEqual(cache!.layers[0].v.map((x) => x.shape[2]), chunkLengths(input.length));
+        // 64 tokens in chunks of 24: full chunks are kept (keys transposed), only the last (open) one grows.
+        assert.deepEqual(cache!.layers[0].v.map((x) => x.shape[2]), chunkLengths(input.length, CHUNK));
+        assert.equal(cache!.layers[0].kT.length, Math.floor(input.length / CHUNK));
         tf.dispose(kvTensors(cache));
         assert.equal(tf.memory().numTensors, before, 'no tensors leaked');
         const d1 = assertClose(inc, g('incremental_logits'), 2e-5 * k, `${v}.incremental_logits`);
@@ -166,12 +170,12 @@ export function gptParitySuite(backend: BackendName, opts: SuiteOptions = {}): v
         });
         const d3 = assertClose((await full.data()) as Float32Array, asFloat32(g('gpt_logits')).subarray(5 * V, 12 * V), 2e-5 * k, `${v}: 7 tokens after a cache of 5`);
         full.dispose();
-        // A prefix of 40 (one chunk longer than KV_CHUNK, as sliding-window recomputes make), then single tokens.
-        let c = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, tf.tensor2d(input.subarray(0, 40), [1, 40], 'int32')).cache);
+        // A prefix of 40 (one chunk longer than the chunk size, as sliding-window recomputes make), then single tokens.
+        let c = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, tf.tensor2d(input.subarray(0, 40), [1, 40], 'int32'), undefined, { kvChunk: CHUNK }).cache);
         const tail = new Float32Array(24 * V);
         for (let i = 40; i < 64; i++) {
           const old = c;
-          const r = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, tf.tensor2d([input[i]], [1, 1], 'int32'), old));
+          const r = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, tf.tensor2d([input[i]], [1, 1], 'int32'), old, { kvChunk: CHUNK }));
           const keep = new Set(kvTensors(r.cache));
           tf.dispose(kvTensors(old).filter((x) => !keep.has(x)));
           c = r.cache;
@@ -179,6 +183,7 @@ export function gptParitySuite(backend: BackendName, opts: SuiteOptions = {}): v
           r.logits.dispose();
         }
         assert.deepEqual(c.layers[1].v.map((x) => x.shape[2]), [40, 24]);
+        assert.equal(c.layers[1].kT.length, 2, 'the second chunk closed at 24');
         tf.dispose(kvTensors(c));
         assertClose(tail, asFloat32(g('gpt_logits')).subarray(40 * V), 2e-5 * k, `${v}: single tokens after a prefix of 40`);
         t.diagnostic(`${backend} ${v} max abs diff: incremental_logits ${d1.toExponential(2)}, vs gpt_logits ${d2.toExponential(2)}, 7 after 5 ${d3.toExponential(2)}`);

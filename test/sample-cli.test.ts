@@ -106,6 +106,21 @@ test('bad input: clear errors before any sampling', async (t) => {
   assert.ok(!fs.existsSync(out) || fs.readdirSync(out).length === 0, 'nothing written');
 });
 
+test('a prior too large for the wasm heap is refused before loading', async (t) => {
+  const cin = fixture(t, 'tiny_transformer_cin.ckpt');
+  const yaml = fixture(t, 'tiny_transformer_cin.yaml');
+  if (!cin || !yaml) return;
+  // The released cin_transformer's GPT shape with the tiny first stage: the check needs the config only.
+  const big = path.join(tmp, 'big_cin.yaml');
+  fs.writeFileSync(big, fs.readFileSync(yaml, 'utf8').replace('vocab_size: 64', 'vocab_size: 16384').replace('block_size: 80', 'block_size: 512').replace('n_layer: 2', 'n_layer: 48').replace('n_head: 2', 'n_head: 24').replace('n_embd: 32', 'n_embd: 1536'));
+  await initBackend('wasm');
+  try {
+    await assert.rejects(runSample({ ckpt: cin, config: big, class: 1, output: path.join(tmp, 'wasm') }), (e: unknown) => e instanceof UserError && /5\.3 GiB of float32 weights do not fit the wasm backend's 4 GiB heap/.test(e.message));
+  } finally {
+    await initBackend('cpu');
+  }
+});
+
 test('spawned: a bad class exits with code 2 and one line with the fix', (t) => {
   const cin = fixture(t, 'tiny_transformer_cin.ckpt');
   if (!cin) return;

@@ -69,11 +69,14 @@ export type KvLayer<T> = { kT: T[]; v: T[]; open?: T };
 export type KvCache<T> = { length: number; layers: KvLayer<T>[] };
 
 /**
- * Default tokens per closed cache chunk: bounds the copy per appended token, and the chunks (ops) per step to
- * length/32. Where copies are cheap and ops are not (GPUs), pass a larger kvChunk to gptStep (block_size: one
- * chunk, i.e. the plain concatenated cache).
+ * Default tokens per closed cache chunk: bounds the copy per appended token (the open chunk, < KV_CHUNK tokens,
+ * is concatenated and, on wasm, transposed for q k^T) and keeps the chunks per step, hence the small batched
+ * matmuls, at length/128 (on wasm a batched matmul of many tiny items, batch 25 x 24 heads of [1 x hs] x [hs x len],
+ * costs far more than its arithmetic, so fewer chunks help; one whole-cache chunk was clearly slowest there at
+ * batch 25, position 255: ~+0.25 s per block and step). Where copies are cheap and ops are not (GPUs), pass
+ * kvChunk = block_size to gptStep: one chunk, the plain concatenated cache (src/bench/gpt.ts measures both).
  */
-export const KV_CHUNK = 32;
+export const KV_CHUNK = 128;
 
 /** Every tensor a cache holds (chunks are shared between a cache and the one gptStep returns from it). */
 export function kvTensors<T>(cache: KvCache<T> | undefined): T[] {
@@ -442,11 +445,14 @@ export function condToken<T>(prior: Prior<T>, classLabel?: number): number {
   throw new UserError(`${prior.checkpoint} is conditioned on ${cond.target}, which sampling does not support`, 'use a class-conditional or unconditional model');
 }
 
+/** What a prior is, from its files, before any weight is read: resolved paths, config, grid, permuter. */
+export type PriorFiles = Pick<Prior<never>, 'checkpoint' | 'configFile' | 'config' | 'factor' | 'grid' | 'permuter'>;
+
 /**
- * Loads a Net2NetTransformer checkpoint (a file, or a folder holding one) with its YAML (found beside it when not
- * given): the GPT from `transformer.*` and the first stage's decoder from `first_stage_model.*`.
+ * Resolves a Net2NetTransformer checkpoint (a file, or a folder holding one) and its YAML (found beside it when not
+ * given) and checks the config, without reading weights.
  */
-export async function loadPrior<T>(o: Ops<T>, ckptPath: string, configPath?: string): Promise<Prior<T>> {
+export function readPriorFiles(ckptPath: string, configPath?: string): PriorFiles {
   const checkpoint = resolveCheckpoint(ckptPath);
   const configFile = configPath ?? findConfig(checkpoint);
   if (!configFile) {
@@ -471,12 +477,21 @@ export async function loadPrior<T>(o: Ops<T>, ckptPath: string, configPath?: str
     throw new FormatError(configFile, `the ${grid[0]}x${grid[1]} code grid needs ${grid[0] * grid[1]} positions but block_size is ${gpt.blockSize}`);
   }
   const permuter = makePermuter(config.permuter, grid[0], grid[1], configFile);
-  const sd = await openStateDict(checkpoint);
+  return { checkpoint, configFile, config, factor, grid, permuter };
+}
+
+/**
+ * Loads a Net2NetTransformer checkpoint (a file, or a folder holding one) with its YAML (found beside it when not
+ * given): the GPT from `transformer.*` and the first stage's decoder from `first_stage_model.*`.
+ */
+export async function loadPrior<T>(o: Ops<T>, ckptPath: string | PriorFiles, configPath?: string): Promise<Prior<T>> {
+  const files = typeof ckptPath === 'string' ? readPriorFiles(ckptPath, configPath) : ckptPath;
+  const sd = await openStateDict(files.checkpoint);
   try {
-    const wm = new WeightMap(checkpoint, sd.tensors);
-    const gptW = gptWeights(o, wm.sub('transformer.'), gpt);
-    const fsW = vqganWeights(o, wm.sub('first_stage_model.'), firstStage, { encoder: false });
-    return { checkpoint, configFile, config, gpt: gptW, firstStage: fsW, factor, grid, permuter };
+    const wm = new WeightMap(files.checkpoint, sd.tensors);
+    const gpt = gptWeights(o, wm.sub('transformer.'), files.config.gpt);
+    const firstStage = vqganWeights(o, wm.sub('first_stage_model.'), files.config.firstStage, { encoder: false });
+    return { ...files, gpt, firstStage };
   } finally {
     sd.close();
   }

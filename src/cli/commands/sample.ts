@@ -10,7 +10,7 @@ import type { CommandModule } from 'yargs';
 import { initBackend, shutdownBackend } from '../../engine/backend.ts';
 import { tfOps } from '../../engine/tfjs-ops.ts';
 import { writePng, type RgbImage } from '../../io/image.ts';
-import { gptWeightTensors, loadPrior, condToken, type Prior } from '../../models/gpt.ts';
+import { gptParameterCount, gptWeightTensors, loadPrior, condToken, readPriorFiles, type PriorFiles } from '../../models/gpt.ts';
 import { weightTensors } from '../../models/vqgan.ts';
 import { DEFAULT_CLIP_FILE, clipWeightTensors, defaultClipPath, loadClip, weightFolders } from '../../models/clip-load.ts';
 import { loadClipTokenizer } from '../../models/clip-tokenizer.ts';
@@ -61,6 +61,19 @@ function positiveInt(v: number | undefined, name: string, dflt: number): number 
   return x;
 }
 
+/** The wasm heap is wasm32 (4 GiB for every live tensor): the released 1.4 B-parameter prior (5.6 GB) cannot fit. */
+const WASM_WEIGHT_LIMIT = 3.5 * 2 ** 30;
+
+function checkFitsBackend(files: PriorFiles): void {
+  const bytes = 4 * gptParameterCount(files.config.gpt);
+  if (tf.getBackend() === 'wasm' && bytes > WASM_WEIGHT_LIMIT) {
+    throw new UserError(
+      `${files.checkpoint}: the prior's ${(bytes / 2 ** 30).toFixed(1)} GiB of float32 weights do not fit the wasm backend's 4 GiB heap`,
+      'use --backend webgpu (a GPU) or --backend cpu (slow: minutes per image), or a smaller transformer',
+    );
+  }
+}
+
 /** The command without argument parsing or backend start-up (tests call this). Uses the active tfjs backend. */
 export async function runSample(args: SampleArgs, log: (line: string) => void = () => {}): Promise<SampleResult> {
   if (!args.ckpt) {
@@ -79,7 +92,9 @@ export async function runSample(args: SampleArgs, log: (line: string) => void = 
   checkSampleOptions({ n, topK: args.topK, topP: args.topP, temperature: args.temperature });
   const outDir = args.output ?? 'samples';
 
-  const prior = await loadPrior(tfOps, args.ckpt, args.config);
+  const files = readPriorFiles(args.ckpt, args.config);
+  checkFitsBackend(files);
+  const prior = await loadPrior(tfOps, files);
   let clip: Awaited<ReturnType<typeof loadClip<tf.Tensor>>> | undefined;
   try {
     // Validate everything cheap before minutes of sampling.
