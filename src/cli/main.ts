@@ -5,7 +5,9 @@ import { reportError } from './errors.ts';
 
 const commands: { default: unknown }[] = [
   // Each module exports a yargs CommandModule as `default`.
-  // (commands are registered here)
+  await import('./commands/demo.ts'),
+  await import('./commands/generate.ts'),
+  await import('./commands/doctor.ts'),
   await import('./commands/weights.ts'),
   await import('./commands/reconstruct.ts'),
   await import('./commands/encode.ts'),

@@ -1,0 +1,196 @@
+// `vqclip generate "prompt"`: CLIP-guided VQGAN latent optimisation (nerdyrodent/VQGAN-CLIP generate.py), with
+// every setting recorded in the PNG (`--from OUT.png` replays it), Ctrl-C saving a resumable state (`--resume`),
+// and output names that never overwrite earlier results.
+import path from 'node:path';
+import type { Argv, CommandModule } from 'yargs';
+import { initBackend, shutdownBackend, type BackendChoice } from '../../engine/backend.ts';
+import { tfExecutor } from '../../engine/tfjs-ops.ts';
+import { CUT_METHODS, parseCutMethod } from '../../pipelines/cutouts.ts';
+import { DEFAULT_SETTINGS, type GenerateSettings } from '../../pipelines/generate.ts';
+import { choiceFromRecords, parseClipArg, type ModelChoice } from '../../pipelines/generate-models.ts';
+import { readRunRecord, runGenerate, type RunSummary } from '../../pipelines/generate-run.ts';
+import { INIT_KINDS, type InitKind } from '../../pipelines/init.ts';
+import { OPTIMIZERS, parseOptimizerName } from '../../pipelines/optimizers.ts';
+import { parseStory, PROMPT_SYNTAX } from '../../pipelines/prompts.ts';
+import { outputStem } from '../../util/names.ts';
+import { parseSeed, randomSeed } from '../../util/rng.ts';
+import { UserError } from '../errors.ts';
+import { textReporter } from '../progress.ts';
+
+export interface GenerateArgs {
+  prompt?: string;
+  prompts?: string;
+  imagePrompts?: string;
+  noisePrompts?: string;
+  size?: (string | number)[];
+  iterations?: number;
+  saveEvery?: number;
+  lr?: number;
+  optimizer?: string;
+  cutn?: number;
+  cutPow?: number;
+  cutMethod?: string;
+  augments?: string[];
+  noiseFac?: number;
+  seed?: string | number;
+  init?: string;
+  initImage?: string;
+  initWeight?: number;
+  changePromptEvery?: number;
+  vqgan?: string;
+  vqganConfig?: string;
+  clip?: string[];
+  output?: string;
+  frames?: string | boolean;
+  from?: string;
+  resume?: string;
+  json?: boolean;
+  quiet?: boolean;
+  builtin?: boolean;
+  backend: string;
+}
+
+export function parseSize(size: (string | number)[] | undefined): [number, number] | undefined {
+  if (!size || size.length === 0) return undefined;
+  const nums = size.flatMap((s) => String(s).toLowerCase().split(/[x,]/)).filter(Boolean).map(Number);
+  if (nums.length === 1) nums.push(nums[0]);
+  if (nums.length !== 2 || !nums.every((n) => Number.isInteger(n) && n > 0)) {
+    throw new UserError(`--size ${size.join(' ')} is not a size`, 'write --size 256 (square), --size 512 256 or --size 512x256 (width x height)');
+  }
+  return [nums[0], nums[1]];
+}
+
+/** Settings from (in order of precedence) the flags given, the record of --from, and the defaults. */
+export function settingsFromArgs(a: GenerateArgs, base: GenerateSettings | undefined): GenerateSettings {
+  const d: GenerateSettings = base ?? { ...DEFAULT_SETTINGS, prompts: '', seed: NaN };
+  const prompts = a.prompt ?? a.prompts ?? d.prompts;
+  const size = parseSize(a.size) ?? [d.width, d.height];
+  const split = (s: string | undefined) => (s === undefined ? undefined : s.split('|').map((x) => x.trim()).filter(Boolean));
+  const seed = a.seed !== undefined ? parseSeed(a.seed) : Number.isFinite(d.seed) ? d.seed : randomSeed();
+  const init = (a.init ?? d.init) as InitKind;
+  if (!INIT_KINDS.includes(init)) throw new UserError(`--init ${init} is not known`, `choose one of ${INIT_KINDS.join(', ')}`);
+  const s: GenerateSettings = {
+    prompts,
+    imagePrompts: split(a.imagePrompts) ?? d.imagePrompts,
+    noisePrompts: split(a.noisePrompts) ?? d.noisePrompts,
+    width: size[0],
+    height: size[1],
+    iterations: a.iterations ?? d.iterations,
+    saveEvery: a.saveEvery ?? d.saveEvery,
+    optimizer: a.optimizer ? parseOptimizerName(a.optimizer) : d.optimizer,
+    lr: a.lr ?? d.lr,
+    cutn: a.cutn ?? d.cutn,
+    cutPow: a.cutPow ?? d.cutPow,
+    cutMethod: a.cutMethod ? parseCutMethod(a.cutMethod) : d.cutMethod,
+    augments: a.augments ?? d.augments,
+    noiseFac: a.noiseFac ?? d.noiseFac,
+    seed,
+    init: a.initImage && a.init === undefined ? 'image' : init,
+    initImage: a.initImage ?? d.initImage,
+    initWeight: a.initWeight ?? d.initWeight,
+    changePromptEvery: a.changePromptEvery ?? d.changePromptEvery,
+  };
+  if (s.prompts.trim()) parseStory(s.prompts); // malformed prompts fail here, with the prompt named
+  return s;
+}
+
+export function modelChoiceFromArgs(a: GenerateArgs): ModelChoice | undefined {
+  if (a.builtin) return { builtin: true };
+  if (!a.vqgan && !a.vqganConfig && !a.clip?.length) return undefined;
+  return { vqgan: { ckpt: a.vqgan, config: a.vqganConfig }, clips: (a.clip ?? []).map(parseClipArg) };
+}
+
+function defaultOutput(settings: GenerateSettings, output: string | undefined): string {
+  const stem = outputStem(settings.prompts.trim() ? parseStory(settings.prompts)[0] : []);
+  if (!output) return path.join('outputs', `${stem}.png`);
+  if (output.endsWith('/') || output.endsWith(path.sep) || !/\.png$/i.test(output)) {
+    if (/\.\w{2,4}$/.test(output)) throw new UserError(`--output ${output} must be a .png file or a folder`);
+    return path.join(output, `${stem}.png`);
+  }
+  return output;
+}
+
+/** Installs Ctrl-C handling for a run: the first stops it cleanly (image + resume state), a second exits at once. */
+function interruptible(): { signal: AbortSignal; release: () => void } {
+  const ac = new AbortController();
+  const onSigint = () => {
+    if (ac.signal.aborted) process.exit(130);
+    process.stderr.write('\nvqclip: stopping after this iteration (Ctrl-C again to quit at once)\n');
+    ac.abort();
+  };
+  process.on('SIGINT', onSigint);
+  return { signal: ac.signal, release: () => process.off('SIGINT', onSigint) };
+}
+
+/** The whole command on an already initialised backend (tests call this). */
+export async function runGenerateCommand(a: GenerateArgs, opts: { signal?: AbortSignal; backend: string; log?: (e: Parameters<ReturnType<typeof textReporter>>[0]) => void }): Promise<RunSummary> {
+  if (a.from && a.resume) throw new UserError('--from and --resume cannot be combined', '--resume continues an interrupted run; --from starts a new run with recorded settings');
+  let base: GenerateSettings | undefined;
+  let models = modelChoiceFromArgs(a);
+  if (a.from) {
+    const rec = readRunRecord(a.from);
+    base = rec.settings;
+    models ??= await choiceFromRecords(rec.models, path.resolve('weights'), (l) => process.stderr.write(`${l}\n`));
+  }
+  if (a.resume) {
+    return runGenerate(tfExecutor, { settings: DEFAULT_SETTINGS as GenerateSettings, models: {}, output: '', resumeFile: a.resume, backend: opts.backend, signal: opts.signal, onEvent: opts.log });
+  }
+  const settings = settingsFromArgs(a, base);
+  const frames = a.frames === true ? defaultOutput(settings, a.output).replace(/\.png$/i, '-frames') : a.frames || undefined;
+  return runGenerate(tfExecutor, { settings, models: models ?? {}, output: defaultOutput(settings, a.output), frames, backend: opts.backend, signal: opts.signal, onEvent: opts.log });
+}
+
+export function generateOptions<T>(y: Argv<T>) {
+  return y
+    .positional('prompt', { type: 'string', describe: `text prompts: ${PROMPT_SYNTAX}` })
+    .option('prompts', { alias: 'p', type: 'string', describe: 'text prompts (instead of the positional argument)' })
+    .option('image-prompts', { alias: 'ip', type: 'string', describe: "image prompts 'file[:weight[:stop]]|...'" })
+    .option('noise-prompts', { alias: 'np', type: 'string', describe: "noise prompts 'seed[:weight[:stop]]|...'" })
+    .option('size', { alias: 's', type: 'array', describe: `output size: 256, 512 256 or 512x256 (default ${DEFAULT_SETTINGS.width}); a multiple of the VQGAN factor` })
+    .option('iterations', { alias: 'i', type: 'number', describe: `optimisation steps (default ${DEFAULT_SETTINGS.iterations})` })
+    .option('save-every', { alias: 'se', type: 'number', describe: `write the image every N iterations, 0 = only at the end (default ${DEFAULT_SETTINGS.saveEvery})` })
+    .option('lr', { type: 'number', describe: `learning rate (default ${DEFAULT_SETTINGS.lr})` })
+    .option('optimizer', { alias: 'opt', type: 'string', describe: `${OPTIMIZERS.join(', ')} (default ${DEFAULT_SETTINGS.optimizer})` })
+    .option('cutn', { type: 'number', describe: `cutouts per step (default ${DEFAULT_SETTINGS.cutn})` })
+    .option('cut-pow', { type: 'number', describe: `cutout size exponent (default ${DEFAULT_SETTINGS.cutPow})` })
+    .option('cut-method', { type: 'string', describe: `${CUT_METHODS.join(', ')} (default ${DEFAULT_SETTINGS.cutMethod})` })
+    .option('augments', { type: 'array', string: true, describe: `augmentations of 'latest'/'nrupdated' (default ${DEFAULT_SETTINGS.augments.join(' ')})` })
+    .option('noise-fac', { type: 'number', describe: `cutout noise factor (default ${DEFAULT_SETTINGS.noiseFac})` })
+    .option('seed', { type: 'string', describe: 'one seed for everything (default: random, printed and recorded)' })
+    .option('init', { type: 'string', describe: `initial latent: ${INIT_KINDS.join(', ')} (default random-codes)` })
+    .option('init-image', { alias: 'ii', type: 'string', describe: 'start from this image (implies --init image)' })
+    .option('init-weight', { alias: 'iw', type: 'number', describe: 'pull towards the initial latent, fading (default 0)' })
+    .option('change-prompt-every', { alias: 'cpe', type: 'number', describe: "switch to the next '^' phrase every N iterations" })
+    .option('vqgan', { type: 'string', describe: 'VQGAN checkpoint (default weights/vqgan_imagenet_f16_16384.ckpt)' })
+    .option('vqgan-config', { type: 'string', describe: 'its taming YAML (default: beside the checkpoint)' })
+    .option('clip', { type: 'array', string: true, describe: 'CLIP model file or HF folder, FILE[:weight], repeatable (default weights/ViT-B-32.pt)' })
+    .option('builtin', { type: 'boolean', describe: 'use the built-in untrained demo models (no downloads)' })
+    .option('output', { alias: 'o', type: 'string', describe: 'output PNG or folder (default outputs/<prompt>.png; never overwrites)' })
+    .option('frames', { describe: 'also write each saved step as a frame (into DIR, default <output>-frames)' })
+    .option('from', { type: 'string', describe: 'replay the settings and models recorded in a PNG made by vqclip (flags given override)' })
+    .option('resume', { type: 'string', describe: 'continue an interrupted run from its .resume.safetensors file' })
+    .option('json', { type: 'boolean', describe: 'print a one-line JSON summary on stdout at the end' })
+    .option('quiet', { alias: 'q', type: 'boolean', describe: 'no progress output' });
+}
+
+export async function generateHandler(a: GenerateArgs): Promise<void> {
+  const report = await initBackend(a.backend as BackendChoice);
+  const { signal, release } = interruptible();
+  try {
+    const summary = await runGenerateCommand(a, { signal, backend: report.backend, log: textReporter({ quiet: a.quiet }) });
+    if (a.json) process.stdout.write(`${JSON.stringify({ ...summary, backend: report.backend })}\n`);
+    if (summary.interrupted) process.exitCode = 130;
+  } finally {
+    release();
+    await shutdownBackend();
+  }
+}
+
+const command: CommandModule<object, GenerateArgs> = {
+  command: 'generate [prompt]',
+  describe: 'make an image from text prompts by CLIP-guided VQGAN latent optimisation',
+  builder: (y) => generateOptions(y) as unknown as Argv<GenerateArgs>,
+  handler: generateHandler,
+};
+
+export default command;
