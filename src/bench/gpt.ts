@@ -11,6 +11,18 @@
 // (embedding + head + host sampling) - the output says so.
 //
 //   node --import tsx src/bench/gpt.ts [--quick] [--backend wasm] [--layers 48]   (or: npm run bench -- --only gpt)
+//
+// Measured 2026-11-28 (48 blocks, positions 1-6; each a single run):
+// - NVIDIA H200, tfjs-backend-webgpu 4.22 via Dawn/Vulkan (this file bundled with esbuild, run with the carried node
+//   as ../shared/gpu/README.md describes: `$NODE gpt-bench.mjs --backend webgpu`): batch 1 0.31 s/step = 3.2
+//   tokens/s (PyTorch 44: 14x slower); batch 25 0.23 s/step = 107 tokens/s (PyTorch 1000: 9.3x slower); position
+//   255 costs the same as position 1. Host-bound: ~50 tfjs ops per block, each dispatched from JavaScript (a batch
+//   25 step takes no longer than a batch 1 step); fusing q|k|v into one matmul and keeping one cache chunk on GPUs
+//   took it from 2.6 / 69 tokens/s.
+// - this 2-core machine, wasm (2 threads), shared with other jobs (load 3-10; figures vary 2x between runs):
+//   batch 1 1.3-2.5 s/step (PyTorch CPU 0.72 s/token: 1.8-3.5x slower); batch 25 7.5-28 s/step (0.9-3.3 tokens/s);
+//   whole-cache concat at position 255, batch 25: 4.6-5.9 s per step (why the cache is chunked on wasm/cpu).
+//   cpu backend (plain JS, 2 of 48 blocks scaled): batch 1 38 s/step (53x PyTorch), batch 25 194 s/step.
 import * as tf from '@tensorflow/tfjs';
 import { pathToFileURL } from 'node:url';
 import { initBackend, shutdownBackend } from '../engine/backend.ts';
