@@ -23,10 +23,12 @@ export interface ModelChoice {
   vqgan?: { ckpt?: string; config?: string };
   /** CLIP files or Hugging Face folders with their guidance weights (default: weights/ViT-B-32.pt, weight 1). */
   clips?: { path: string; weight: number }[];
+  /** A taming transformer checkpoint whose GPT prior draws the initial codes (init 'prior'). */
+  prior?: { ckpt: string; config?: string };
 }
 
 export interface ModelRecord {
-  role: 'vqgan' | 'clip';
+  role: 'vqgan' | 'clip' | 'prior';
   /** File name (or built-in name): what --from looks for when the path has moved. */
   name: string;
   path?: string;
@@ -68,9 +70,10 @@ export async function loadGenerateModels<T>(ex: Executor<T>, choice: ModelChoice
       dispose: () => ex.dispose([...weightTensors(vw), ...clipWeightTensors(cw)]),
     };
   }
-  // VQGAN: --ckpt, else the default model in weights/ (the error says what to download and where).
-  let ckpt = choice.vqgan?.ckpt;
-  let config = choice.vqgan?.config;
+  // VQGAN: --vqgan, else the prior's own first stage (its codes index that codebook), else the default model in
+  // weights/ (the error says what to download and where).
+  let ckpt = choice.vqgan?.ckpt ?? choice.prior?.ckpt;
+  let config = choice.vqgan?.ckpt ? choice.vqgan?.config : choice.prior?.config;
   if (!ckpt) {
     try {
       [ckpt, config = config] = locateWeight(DEFAULT_VQGAN_ID);
@@ -106,6 +109,10 @@ export async function loadGenerateModels<T>(ex: Executor<T>, choice: ModelChoice
     { role: 'vqgan', name: path.basename(vq.checkpoint), path: vq.checkpoint, config: vq.configFile, sha256: await modelSha256(vq.checkpoint) },
     ...(await Promise.all(clips.map(async (c) => ({ role: 'clip' as const, name: path.basename(c.path), path: c.path, sha256: await modelSha256(c.path), weight: c.weight })))),
   ];
+  if (choice.prior) {
+    const p = resolveCheckpointPath(choice.prior.ckpt);
+    records.push({ role: 'prior', name: path.basename(p), path: p, config: choice.prior.config ?? findTamingConfig(p), sha256: await modelSha256(p) });
+  }
   return {
     vqgan: { name: path.basename(vq.checkpoint), config: vq.config, weights: vq.weights },
     guides,
@@ -136,5 +143,7 @@ export async function choiceFromRecords(records: ModelRecord[], weightsDir: stri
   const configs = [vq.config, findTamingConfig(vqPath)].filter((p): p is string => !!p && fs.existsSync(p));
   const clips = [];
   for (const r of records.filter((x) => x.role === 'clip')) clips.push({ path: await find(r), weight: r.weight ?? 1 });
-  return { vqgan: { ckpt: vqPath, config: configs[0] }, clips };
+  const pr = records.find((r) => r.role === 'prior');
+  const prior = pr ? { ckpt: await find(pr), config: pr.config && fs.existsSync(pr.config) ? pr.config : undefined } : undefined;
+  return { vqgan: { ckpt: vqPath, config: configs[0] }, clips, prior };
 }

@@ -5,14 +5,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { UserError } from '../cli/errors.ts';
-import type { Executor } from '../engine/ops.ts';
+import type { Executor, Ops } from '../engine/ops.ts';
 import { FormatError, type HostTensor } from '../formats/host-tensor.ts';
 import { SafetensorsFile, writeSafetensors } from '../formats/safetensors.ts';
 import { readPngText, writePng } from '../io/image.ts';
 import { claimOutputDir, claimOutputPath } from '../util/names.ts';
-import { downsamplingFactor } from '../models/vqgan.ts';
+import { downsamplingFactor, weightTensors } from '../models/vqgan.ts';
 import { checkSettings, DEFAULT_SETTINGS, Generation, type GenerateSettings, type GenerationState } from './generate.ts';
 import { latentGrid } from './init.ts';
 import { choiceFromRecords, loadGenerateModels, type LoadedModels, type ModelChoice, type ModelRecord } from './generate-models.ts';
@@ -137,6 +138,32 @@ function readResumeFile<T>(ex: Executor<T>, file: string): ResumeData<T> {
   }
 }
 
+/**
+ * A sample of a taming transformer's GPT prior as the initial latent: codes on the output's grid (the sliding window
+ * covers grids larger than trained), drawn from the run's seed (stream 'prior'), looked up in the VQGAN's codebook.
+ */
+async function priorLatent<T>(ex: Executor<T>, files: { ckpt: string; config?: string }, settings: GenerateSettings, models: LoadedModels<T>, f: number, sideX: number, sideY: number): Promise<T> {
+  const { loadPrior, gptWeightTensors } = await import('../models/gpt.ts');
+  const { gridForSize, sampleCodes } = await import('./sample.ts');
+  const { codebookEntries } = await import('../models/vqgan.ts');
+  const o = ex.ops as unknown as Ops<tf.Tensor>;
+  const prior = await loadPrior(o, files.ckpt, files.config);
+  try {
+    if (prior.factor !== f || prior.config.firstStage.nEmbed !== models.vqgan.config.nEmbed) {
+      throw new UserError(
+        `the prior ${path.basename(files.ckpt)} draws codes of a ${prior.config.firstStage.nEmbed}-code f${prior.factor} VQGAN, but the VQGAN in use has ${models.vqgan.config.nEmbed} codes at f${f}`,
+        'omit --vqgan (the prior checkpoint holds its own VQGAN), or pass the matching one',
+      );
+    }
+    const grid = gridForSize(prior, sideX, sideY);
+    const p = settings.prior ?? { temperature: 1 };
+    const [codes] = await sampleCodes(o, prior, { n: 1, grid, classLabel: p.classLabel, topK: p.topK, topP: p.topP, temperature: p.temperature, seed: settings.seed });
+    return ex.scope(() => codebookEntries(ex.ops, models.vqgan.weights, ex.ops.constantInt(codes, [codes.length]), [1, grid[0], grid[1]]));
+  } finally {
+    tf.dispose([...gptWeightTensors(prior.gpt), ...weightTensors(prior.firstStage)]);
+  }
+}
+
 async function hostOf<T>(ex: Executor<T>, t: T): Promise<HostTensor> {
   return { dtype: 'float32', shape: ex.ops.shape(t), data: await ex.ops.read(t) };
 }
@@ -153,7 +180,8 @@ export async function runGenerate<T>(ex: Executor<T>, req: RunRequest, weightsDi
     settings = resume.record.settings;
     choice = await choiceFromRecords(resume.record.models, weightsDir, (l) => process.stderr.write(`${l}\n`));
   }
-  const needsEncoder = !resume && settings.init !== 'random-codes' && !req.initialLatent;
+  const needsEncoder = !resume && ['image', 'pixels', 'gradient'].includes(settings.init) && !req.initialLatent;
+  if (!resume && settings.init === 'prior' && !choice.prior) throw new UserError('--init prior needs --prior CKPT (a taming transformer checkpoint, e.g. weights/cin_transformer.ckpt)');
   const models: LoadedModels<T> = await loadGenerateModels(ex, choice, { encoder: needsEncoder });
   let output: string | undefined;
   let claimed = false;
@@ -175,7 +203,8 @@ export async function runGenerate<T>(ex: Executor<T>, req: RunRequest, weightsDi
       if (!settings.initImage) throw new UserError('--init image needs --init-image FILE');
       initImage = o.constant(await readResized(settings.initImage, sideX, sideY, 'init image'), [1, sideY, sideX, 3]);
     }
-    const initialZ = req.initialLatent && !resume ? ((await req.initialLatent()) as T) : undefined;
+    let initialZ = req.initialLatent && !resume ? ((await req.initialLatent()) as T) : undefined;
+    if (!resume && !initialZ && settings.init === 'prior') initialZ = await priorLatent(ex, choice.prior!, settings, models, f, sideX, sideY);
     gen = await Generation.create(ex, models.vqgan, models.guides, settings, { imagePromptImages, initImage, resume: resume?.state, initialZ });
     ex.dispose([...imagePromptImages, ...(initImage ? [initImage] : [])]);
 

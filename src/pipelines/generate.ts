@@ -61,8 +61,11 @@ export interface GenerateSettings {
   augments: string[];
   noiseFac: number;
   seed: number;
-  init: InitKind;
+  /** 'prior': start from a sample of a taming transformer's GPT prior (the model is named in ModelChoice.prior). */
+  init: InitKind | 'prior';
   initImage?: string;
+  /** Sampling settings for init 'prior' (class label for class-conditional priors). */
+  prior?: { classLabel?: number; topK?: number; topP?: number; temperature: number };
   initWeight: number;
   changePromptEvery: number;
 }
@@ -220,6 +223,7 @@ export class Generation<T> {
         const f = downsamplingFactor(vqgan.config);
         const { toksX, toksY } = latentGrid(settings.width, settings.height, f);
         if (settings.init === 'image' && !this.options.initImage) throw new UserError('--init image needs --init-image FILE');
+        if (settings.init === 'prior') throw new UserError('--init prior needs --prior CKPT (a taming transformer checkpoint)');
         const z = await initialLatent(o, {
           kind: settings.init,
           codebook: w.codebook as T,

@@ -12,6 +12,7 @@ import { readRunRecord, runGenerate, type RunSummary } from '../../pipelines/gen
 import { INIT_KINDS, type InitKind } from '../../pipelines/init.ts';
 import { OPTIMIZERS, parseOptimizerName } from '../../pipelines/optimizers.ts';
 import { parseStory, PROMPT_SYNTAX } from '../../pipelines/prompts.ts';
+import { checkSampleOptions } from '../../pipelines/sample.ts';
 import { outputStem } from '../../util/names.ts';
 import { parseSeed, randomSeed } from '../../util/rng.ts';
 import { UserError } from '../errors.ts';
@@ -39,6 +40,12 @@ export interface GenerateArgs {
   changePromptEvery?: number;
   vqgan?: string;
   vqganConfig?: string;
+  prior?: string;
+  priorConfig?: string;
+  class?: number;
+  topK?: number;
+  topP?: number;
+  temperature?: number;
   clip?: string[];
   output?: string;
   frames?: string | boolean;
@@ -67,8 +74,8 @@ export function settingsFromArgs(a: GenerateArgs, base: GenerateSettings | undef
   const size = parseSize(a.size) ?? [d.width, d.height];
   const split = (s: string | undefined) => (s === undefined ? undefined : s.split('|').map((x) => x.trim()).filter(Boolean));
   const seed = a.seed !== undefined ? parseSeed(a.seed) : Number.isFinite(d.seed) ? d.seed : randomSeed();
-  const init = (a.init ?? d.init) as InitKind;
-  if (!INIT_KINDS.includes(init)) throw new UserError(`--init ${init} is not known`, `choose one of ${INIT_KINDS.join(', ')}`);
+  const init = (a.init ?? (a.prior && !a.initImage ? 'prior' : d.init)) as GenerateSettings['init'];
+  if (!INIT_KINDS.includes(init as InitKind) && init !== 'prior') throw new UserError(`--init ${init} is not known`, `choose one of ${[...INIT_KINDS, 'prior'].join(', ')}`);
   const s: GenerateSettings = {
     prompts,
     imagePrompts: split(a.imagePrompts) ?? d.imagePrompts,
@@ -90,14 +97,23 @@ export function settingsFromArgs(a: GenerateArgs, base: GenerateSettings | undef
     initWeight: a.initWeight ?? d.initWeight,
     changePromptEvery: a.changePromptEvery ?? d.changePromptEvery,
   };
+  if (s.init === 'prior') {
+    const p = d.prior ?? { temperature: 1, topK: 250, topP: 1 };
+    s.prior = { classLabel: a.class ?? p.classLabel, topK: a.topK ?? p.topK, topP: a.topP ?? p.topP, temperature: a.temperature ?? p.temperature };
+    checkSampleOptions({ ...s.prior, n: 1 });
+  }
   if (s.prompts.trim()) parseStory(s.prompts); // malformed prompts fail here, with the prompt named
   return s;
 }
 
 export function modelChoiceFromArgs(a: GenerateArgs): ModelChoice | undefined {
   if (a.builtin) return { builtin: true };
-  if (!a.vqgan && !a.vqganConfig && !a.clip?.length) return undefined;
-  return { vqgan: { ckpt: a.vqgan, config: a.vqganConfig }, clips: (a.clip ?? []).map(parseClipArg) };
+  if (!a.vqgan && !a.vqganConfig && !a.clip?.length && !a.prior) return undefined;
+  return {
+    vqgan: a.vqgan ? { ckpt: a.vqgan, config: a.vqganConfig } : undefined,
+    clips: (a.clip ?? []).map(parseClipArg),
+    prior: a.prior ? { ckpt: a.prior, config: a.priorConfig } : undefined,
+  };
 }
 
 function defaultOutput(settings: GenerateSettings, output: string | undefined): string {
@@ -164,6 +180,12 @@ export function generateOptions<T>(y: Argv<T>) {
     .option('vqgan', { type: 'string', describe: 'VQGAN checkpoint (default weights/vqgan_imagenet_f16_16384.ckpt)' })
     .option('vqgan-config', { type: 'string', describe: 'its taming YAML (default: beside the checkpoint)' })
     .option('clip', { type: 'array', string: true, describe: 'CLIP model file or HF folder, FILE[:weight], repeatable (default weights/ViT-B-32.pt)' })
+    .option('prior', { type: 'string', describe: 'taming transformer checkpoint: start from a sample of its GPT prior (implies --init prior)' })
+    .option('prior-config', { type: 'string', describe: "the prior's YAML (default: beside the checkpoint)" })
+    .option('class', { type: 'number', describe: 'class label for a class-conditional prior (ImageNet 0..999)' })
+    .option('top-k', { type: 'number', describe: 'prior sampling: keep the k most likely codes (default 250)' })
+    .option('top-p', { type: 'number', describe: 'prior sampling: nucleus probability (default 1.0)' })
+    .option('temperature', { type: 'number', describe: 'prior sampling temperature (default 1.0)' })
     .option('builtin', { type: 'boolean', describe: 'use the built-in untrained demo models (no downloads)' })
     .option('output', { alias: 'o', type: 'string', describe: 'output PNG or folder (default outputs/<prompt>.png; never overwrites)' })
     .option('frames', { describe: 'also write each saved step as a frame (into DIR, default <output>-frames)' })
