@@ -7,6 +7,8 @@ const commands: { default: unknown }[] = [
   // Each module exports a yargs CommandModule as `default`.
   await import('./commands/demo.ts'),
   await import('./commands/generate.ts'),
+  await import('./commands/batch.ts'),
+  await import('./commands/animate.ts'),
   await import('./commands/doctor.ts'),
   await import('./commands/weights.ts'),
   await import('./commands/reconstruct.ts'),

@@ -55,6 +55,8 @@ export interface RunRequest {
   onEvent?: (e: GenerateEvent) => void;
   /** Start from this latent instead of settings.init (e.g. a prior sample), NHWC. */
   initialLatent?: () => Promise<unknown>;
+  /** Models already loaded (batch and animation runs load them once); the caller disposes them. */
+  loaded?: LoadedModels<unknown>;
 }
 
 export interface RunSummary {
@@ -182,7 +184,7 @@ export async function runGenerate<T>(ex: Executor<T>, req: RunRequest, weightsDi
   }
   const needsEncoder = !resume && ['image', 'pixels', 'gradient'].includes(settings.init) && !req.initialLatent;
   if (!resume && settings.init === 'prior' && !choice.prior) throw new UserError('--init prior needs --prior CKPT (a taming transformer checkpoint, e.g. weights/cin_transformer.ckpt)');
-  const models: LoadedModels<T> = await loadGenerateModels(ex, choice, { encoder: needsEncoder });
+  const models: LoadedModels<T> = (req.loaded as LoadedModels<T> | undefined) ?? (await loadGenerateModels(ex, choice, { encoder: needsEncoder }));
   let output: string | undefined;
   let claimed = false;
   let wroteImage = false;
@@ -282,6 +284,6 @@ export async function runGenerate<T>(ex: Executor<T>, req: RunRequest, weightsDi
     throw err;
   } finally {
     gen?.dispose();
-    models.dispose();
+    if (!req.loaded) models.dispose();
   }
 }

@@ -132,6 +132,11 @@ export function parsePromptList(list: string, kind: PromptKind = 'text', what = 
   });
 }
 
+/** The phrases of a story as written (split on unescaped '^'; escapes kept, so each parses on its own). */
+export function storyPhrases(story: string): string[] {
+  return splitUnescaped(story, '^');
+}
+
 /** A story: phrases separated by '^', each a '|' list of text prompts (generate.py's --prompts with '^'). */
 export function parseStory(story: string, what = '--prompts'): PromptSpec[][] {
   const phrases = splitUnescaped(story, '^');
