@@ -9,6 +9,7 @@ const commands: { default: unknown }[] = [
   await import('./commands/generate.ts'),
   await import('./commands/batch.ts'),
   await import('./commands/animate.ts'),
+  await import('./commands/interactive.ts'),
   await import('./commands/doctor.ts'),
   await import('./commands/weights.ts'),
   await import('./commands/reconstruct.ts'),

@@ -116,7 +116,8 @@ export function modelChoiceFromArgs(a: GenerateArgs): ModelChoice | undefined {
   };
 }
 
-function defaultOutput(settings: GenerateSettings, output: string | undefined): string {
+/** The output path for a run: --output (a .png or a folder) or outputs/<prompt>.png. */
+export function defaultOutput(settings: GenerateSettings, output: string | undefined): string {
   const stem = outputStem(settings.prompts.trim() ? parseStory(settings.prompts)[0] : []);
   if (!output) return path.join('outputs', `${stem}.png`);
   if (output.endsWith('/') || output.endsWith(path.sep) || !/\.png$/i.test(output)) {
