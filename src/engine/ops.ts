@@ -100,6 +100,15 @@ export interface Ops<T> {
   stopGradient(x: T): T;
   /** clamp whose gradient passes outside the range only when descent points back inside (ClampWithGrad). */
   clampWithGrad(x: T, lo: number, hi: number): T;
+
+  // Memory.
+  /**
+   * fn(x), computed so that fn's intermediate tensors are freed at once and not held for a backward pass; the
+   * gradient w.r.t. x recomputes fn (gradient checkpointing: one more forward of fn, memory of one block instead
+   * of the whole network). Tensors fn captures (weights) get no gradient through it. Optional: an executor without
+   * memory pressure may omit it, and callers then use fn(x) directly.
+   */
+  checkpoint?(fn: (x: T) => T, x: T): T;
 }
 
 /**

@@ -126,6 +126,27 @@ export const tfOps: Ops<T> = {
   straightThrough: (value, gradTarget) => straightThrough(value, gradTarget),
   stopGradient: (x) => stopGradient(x),
   clampWithGrad: (x, lo, hi) => clampWithGrad(x, lo, hi),
+
+  // Inside a customGrad forward nothing is taped and tfjs tidies the intermediates; the backward pass re-runs fn
+  // under its own tape (a nested tf.grad) to get the gradient w.r.t. x. tfjs 4.22's engine.gradients() replaces
+  // the engine's active tape when called from inside another backward pass (it starts a new tape at gradient depth
+  // 0 and sets it to null when done), so the outer pass's tape is saved and put back around the nested call.
+  checkpoint: (fn, x) => {
+    const f = tf.customGrad(((input: tf.Tensor, save: tf.GradSaveFunc) => {
+      save([input]);
+      const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const state = (tf.engine() as unknown as { state: { activeTape: unknown } }).state;
+        const outerTape = state.activeTape;
+        try {
+          return tf.grad(fn)(saved[0], dy);
+        } finally {
+          state.activeTape = outerTape;
+        }
+      };
+      return { value: fn(input), gradFunc };
+    }) as unknown as Parameters<typeof tf.customGrad>[0]);
+    return f(x);
+  },
 };
 
 export const tfExecutor: Executor<T> = {
