@@ -117,13 +117,31 @@ function attnBlock<T>(o: Ops<T>, w: AttnBlock<T>, x: T): T {
   return o.add(x, conv(o, w.projOut, o.reshape(a, [b, hh, ww, c])));
 }
 
+/**
+ * Runs one block so that its intermediates are freed right away and, under a gradient, recomputed in the backward
+ * pass (o.checkpoint): the tape then holds only the tensors between blocks. Without it a 256 px decode+gradient
+ * holds ~12 GB of intermediates, three times the wasm heap.
+ */
+function block<T>(o: Ops<T>, fn: (x: T) => T, x: T): T {
+  return o.checkpoint ? o.checkpoint(fn, x) : fn(x);
+}
+
 function mid<T>(o: Ops<T>, w: Mid<T>, x: T, prefix: string, tap?: Taps<T>): T {
-  let h = resBlock(o, w.block1, x);
+  let h = block(o, (t) => resBlock(o, w.block1, t), x);
   tap?.(`${prefix}.mid.block_1`, h);
-  h = attnBlock(o, w.attn1, h);
+  h = block(o, (t) => attnBlock(o, w.attn1, t), h);
   tap?.(`${prefix}.mid.attn_1`, h);
-  h = resBlock(o, w.block2, h);
+  h = block(o, (t) => resBlock(o, w.block2, t), h);
   tap?.(`${prefix}.mid.block_2`, h);
+  return h;
+}
+
+/** norm_out -> swish -> conv_out, with the norm's output tapped. */
+function head<T>(o: Ops<T>, normOut: Norm<T>, convOut: Conv<T>, x: T, prefix: string, tap?: Taps<T>): T {
+  let h = block(o, (t) => norm(o, normOut, t), x);
+  tap?.(`${prefix}.norm_out`, h);
+  h = block(o, (t) => conv(o, convOut, o.swish(t)), h);
+  tap?.(`${prefix}.conv_out`, h);
   return h;
 }
 
@@ -133,25 +151,22 @@ export function encoder<T>(o: Ops<T>, w: EncoderWeights<T>, x: T, tap?: Taps<T>)
   tap?.('encoder.conv_in', h);
   w.down.forEach((level, i) => {
     level.block.forEach((blk, j) => {
-      h = resBlock(o, blk, h);
+      h = block(o, (t) => resBlock(o, blk, t), h);
       tap?.(`encoder.down.${i}.block.${j}`, h);
       if (level.attn.length) {
-        h = attnBlock(o, level.attn[j], h);
+        h = block(o, (t) => attnBlock(o, level.attn[j], t), h);
         tap?.(`encoder.down.${i}.attn.${j}`, h);
       }
     });
-    if (level.resample) {
+    const down = level.resample;
+    if (down) {
       // torch.nn.functional.pad(x, (0, 1, 0, 1)): one zero column on the right, one zero row at the bottom.
-      h = conv(o, level.resample, o.pad(h, [[0, 0], [0, 1], [0, 1], [0, 0]]), 2);
+      h = block(o, (t) => conv(o, down, o.pad(t, [[0, 0], [0, 1], [0, 1], [0, 0]]), 2), h);
       tap?.(`encoder.down.${i}.downsample`, h);
     }
   });
   h = mid(o, w.mid, h, 'encoder', tap);
-  h = norm(o, w.normOut, h);
-  tap?.('encoder.norm_out', h);
-  h = conv(o, w.convOut, o.swish(h));
-  tap?.('encoder.conv_out', h);
-  return h;
+  return head(o, w.normOut, w.convOut, h, 'encoder', tap);
 }
 
 /** taming Decoder: [B,h,w,z_channels] -> image [B,h*f,w*f,out_ch] (unbounded; ~[-1,1] for a trained model). */
@@ -162,23 +177,20 @@ export function decoder<T>(o: Ops<T>, w: DecoderWeights<T>, z: T, tap?: Taps<T>)
   for (let i = w.up.length - 1; i >= 0; i--) {
     const level = w.up[i];
     level.block.forEach((blk, j) => {
-      h = resBlock(o, blk, h);
+      h = block(o, (t) => resBlock(o, blk, t), h);
       tap?.(`decoder.up.${i}.block.${j}`, h);
       if (level.attn.length) {
-        h = attnBlock(o, level.attn[j], h);
+        h = block(o, (t) => attnBlock(o, level.attn[j], t), h);
         tap?.(`decoder.up.${i}.attn.${j}`, h);
       }
     });
-    if (level.resample) {
-      h = conv(o, level.resample, o.upsampleNearest2x(h));
+    const up = level.resample;
+    if (up) {
+      h = block(o, (t) => conv(o, up, o.upsampleNearest2x(t)), h);
       tap?.(`decoder.up.${i}.upsample`, h);
     }
   }
-  h = norm(o, w.normOut, h);
-  tap?.('decoder.norm_out', h);
-  h = conv(o, w.convOut, o.swish(h));
-  tap?.('decoder.conv_out', h);
-  return h;
+  return head(o, w.normOut, w.convOut, h, 'decoder', tap);
 }
 
 /** VQModel.encode up to the quantizer: encoder -> quant_conv. Image NHWC in [-1,1] -> latent h [B,h,w,embed_dim]. */
