@@ -10,6 +10,15 @@
 // 64 px and the figures are scaled by FLOPs to 256/512 (marked "scaled").
 //
 //   node --import tsx src/bench/vqgan.ts [--quick] [--backend wasm]     (or: npm run bench -- --only vqgan)
+//
+// Measured 2026-11-28 (best of the runs; this 2-core machine was shared, so wasm/cpu figures are upper bounds):
+//   wasm, 2 threads:  256 px forward 17.7 s (14 GFLOP/s; PyTorch 1.76 s), forward+gradient 58.4 s (3.3x), peak live
+//                     tensors 0.99 / 2.66 GiB; 512 px forward 74.5 s, peak 3.44 GiB; 512 px gradient does not fit
+//                     the 4 GiB wasm heap (~10 GiB extrapolated).
+//   cpu (plain JS):   ~0.4 GFLOP/s: 256 px forward ~630 s, forward+gradient ~2170 s (scaled from 32 px).
+//   H200, tfjs-webgpu (Dawn/Vulkan; run before blocks were checkpointed): forward 78.8 ms at 256 px (PyTorch
+//                     11.5 ms), 122.8 ms at 512 px (PyTorch 22.6 ms); forward+gradient 1.03 s / 3.57 s (13x / 29x
+//                     the forward: tfjs-webgpu's backward kernels, not the model, are the bottleneck there).
 import * as tf from '@tensorflow/tfjs';
 import { initBackend, shutdownBackend } from '../engine/backend.ts';
 import { tfOps } from '../engine/tfjs-ops.ts';
