@@ -15,10 +15,10 @@
 //   node --import tsx src/bench/clip.ts [--backend wasm] [--batches 32,64] [--repeats 3] [--quick]
 //   (or: npm run bench -- --only clip)
 import * as tf from '@tensorflow/tfjs';
-import { pathToFileURL } from 'node:url';
 import { initBackend, shutdownBackend } from '../engine/backend.ts';
 import { tfOps } from '../engine/tfjs-ops.ts';
 import { encodeImagePixels, sphericalDistance, type ClipConfig, type ClipVisionW, type ClipWeights } from '../models/clip.ts';
+import { isEntry } from './entry.ts';
 
 export interface ClipBenchOptions {
   quick?: boolean;
@@ -139,7 +139,7 @@ export async function benchClip(log: (line: string) => void, opts: ClipBenchOpti
   }
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+if (isEntry('clip')) {
   const args = process.argv.slice(2);
   const arg = (name: string) => {
     const i = args.indexOf(name);

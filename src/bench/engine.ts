@@ -9,10 +9,10 @@
 //   VQCLIP_BACKEND=auto node --import tsx src/bench/engine.ts   (also measures a GPU / libtensorflow backend)
 
 import * as tf from '@tensorflow/tfjs';
-import { pathToFileURL } from 'node:url';
 import { backendReport, initBackend, shutdownBackend, type BackendReport } from '../engine/backend.ts';
 import { registerFastWasmKernels, unregisterFastWasmKernels } from '../engine/wasm-kernels.ts';
 import { coreCount } from '../engine/wasm-threads.ts';
+import { isEntry } from './entry.ts';
 
 /** tf.grad for a function of a specific tensor rank (tf.grad's parameter type is the plain Tensor). */
 const grad = <T extends tf.Tensor>(f: (x: T) => tf.Tensor) => tf.grad(f as unknown as (x: tf.Tensor) => tf.Tensor);
@@ -184,7 +184,7 @@ export async function runEngineBench(
 
 // Run directly: [VQCLIP_BACKEND=auto] node --import tsx src/bench/engine.ts [--quick]
 // (with a GPU or libtensorflow backend chosen, that backend is measured first, then wasm)
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+if (isEntry('engine')) {
   const quick = process.argv.includes('--quick');
   const r = await initBackend(process.env.VQCLIP_BACKEND || 'wasm');
   const threads = r.threads !== undefined ? `, ${r.threads} threads` : '';

@@ -8,7 +8,6 @@
 //
 //   node --import tsx src/bench/generate.ts [--quick] [--backend wasm]     (or: npm run bench -- --only generate)
 import * as tf from '@tensorflow/tfjs';
-import { pathToFileURL } from 'node:url';
 import { initBackend, shutdownBackend } from '../engine/backend.ts';
 import { tfExecutor, tfOps } from '../engine/tfjs-ops.ts';
 import { clipWeights, clipWeightTensors } from '../models/clip-load.ts';
@@ -21,6 +20,7 @@ import { DEFAULT_SETTINGS, Generation } from '../pipelines/generate.ts';
 import { initialOptimizerState, optimizerHyper, optimizerStep } from '../pipelines/optimizers.ts';
 import { Rng } from '../util/rng.ts';
 import { F16_16384 } from './vqgan.ts';
+import { isEntry } from './entry.ts';
 
 export const VIT_B_32_CONFIG: ClipConfig = {
   embedDim: 512,
@@ -37,6 +37,13 @@ const ANCHORS: Record<number, { cpu?: number; h200: number; h200Note: string }> 
 
 const fmt = (s: number) => (s >= 10 ? `${s.toFixed(1)} s` : s >= 1 ? `${s.toFixed(2)} s` : `${(s * 1000).toFixed(1)} ms`);
 const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+
+/** The wasm backend's heap size: wasm memory only grows, so this is the peak of everything it held. */
+function wasmHeapBytes(): number | undefined {
+  if (tf.getBackend() !== 'wasm') return undefined;
+  const b = tf.backend() as unknown as { wasm?: { HEAPU8?: Uint8Array } };
+  return b.wasm?.HEAPU8?.length;
+}
 
 async function timeScalar(f: () => tf.Tensor): Promise<number> {
   const t = performance.now();
@@ -64,12 +71,14 @@ export async function benchGenerate(log: (line: string) => void, opts: { quick?:
         const z = gen.latent();
         const rng = new Rng(1);
         const cutCfg = { method, cutSize: 224, cutn, cutPow: 1, augments: settings.augments, noiseFac: settings.noiseFac };
-        // Warm-up step (kernel set-up, shader compilation), with the peak live bytes where tf.profile is cheap.
-        let peak: number | undefined;
-        if (!gpu) peak = (await tf.profile(async () => void (await gen!.step()))).peakBytes;
-        else await gen.step();
+        // Warm-up step (kernel set-up, shader compilation). tf.profile is not used: it reads back every kernel's
+        // output, which costs more than the step itself.
+        const tWarm = performance.now();
+        await gen.step();
+        log(`  (${px}x${px}/${cutn}/${method}: warm-up step ${fmt((performance.now() - tWarm) / 1000)})`);
         rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
-        const reps = gpu ? 5 : 1;
+        const peak = wasmHeapBytes();
+        const reps = gpu ? 3 : 1;
         const best = async (f: () => Promise<number>) => {
           let b = Infinity;
           for (let i = 0; i < reps; i++) b = Math.min(b, await f());
@@ -96,7 +105,8 @@ export async function benchGenerate(log: (line: string) => void, opts: { quick?:
         const vs = [a.cpu !== undefined && method === 'original' ? `PyTorch CPU 2 threads ${fmt(a.cpu)} (ours ${(tIter / a.cpu).toFixed(2)}x its time)` : '', `PyTorch H200 ${a.h200Note} (ours ${(tIter / a.h200).toFixed(1)}x)`].filter(Boolean);
         log(`iteration ${px}x${px}, ${cutn} cutouts (${method}): ${fmt(tIter)} = ${(1 / tIter).toFixed(2)} it/s [${gpu ? `best of ${reps}` : '1 run'} after a warm-up]; vs ${vs.join(', ')}`);
         log(`  phases: decode ${fmt(tSynth)}, cutouts ${fmt(tCut)}, CLIP ${fmt(tClip)}, backward ${fmt(backward)}, step ${fmt(tStep)}`);
-        if (peak !== undefined) log(`  peak live tensors during a step: ${gib(peak)}`);
+        if (peak !== undefined) log(`  wasm heap (its high-water mark: the heap only grows): ${gib(peak)}`);
+        else log(`  live tensors after the step: ${gib(tf.memory().numBytes)}`);
       } catch (err) {
         log(`iteration ${px}x${px}, ${cutn} cutouts (${method}): FAILED on ${backend}: ${(err as Error).message.split('\n')[0]}`);
       } finally {
@@ -109,7 +119,7 @@ export async function benchGenerate(log: (line: string) => void, opts: { quick?:
   log(`process RSS peak seen: ${gib(rssPeak)}`);
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+if (isEntry('generate')) {
   const args = process.argv.slice(2);
   const i = args.indexOf('--backend');
   const report = await initBackend((i >= 0 ? args[i + 1] : (process.env.VQCLIP_BACKEND ?? 'auto')) as never);

@@ -24,12 +24,12 @@
 //   whole-cache concat at position 255, batch 25: 4.6-5.9 s per step (why the cache is chunked on wasm/cpu).
 //   cpu backend (plain JS, 2 of 48 blocks scaled): batch 1 38 s/step (53x PyTorch), batch 25 194 s/step.
 import * as tf from '@tensorflow/tfjs';
-import { pathToFileURL } from 'node:url';
 import { initBackend, shutdownBackend } from '../engine/backend.ts';
 import { tfOps } from '../engine/tfjs-ops.ts';
 import type { TransformerConfig } from '../formats/taming-config.ts';
 import { KV_CHUNK, gptParameterCount, gptStep, kvTensors, makePermuter, type GptBlock, type GptConfig, type GptWeights, type KvCache, type Prior } from '../models/gpt.ts';
 import { defaultKvChunk, sampleCodes } from '../pipelines/sample.ts';
+import { isEntry } from './entry.ts';
 
 export interface GptBenchOptions {
   quick?: boolean;
@@ -252,7 +252,7 @@ export async function benchGpt(log: (line: string) => void, opts: GptBenchOption
   }
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+if (isEntry('gpt')) {
   const args = process.argv.slice(2);
   const arg = (name: string) => {
     const i = args.indexOf(name);

@@ -8,10 +8,10 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { convertCheckpoint, resolveWeights } from '../formats/convert.ts';
 import { openTorchFile, stateDict } from '../formats/torch.ts';
 import { OrderedDictSpec, TensorSpec, writeTorchZip, type StorageSpec } from '../formats/torch-writer.ts';
+import { isEntry } from './entry.ts';
 
 export interface LoadBenchOptions {
   quick?: boolean;
@@ -142,6 +142,6 @@ export async function measureLoad(log: (line: string) => void = console.log, opt
   }
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+if (isEntry('load')) {
   await benchLoad(console.log, { quick: process.argv.includes('--quick') });
 }

@@ -27,6 +27,7 @@ import type { FirstStageConfig } from '../formats/taming-config.ts';
 import { decode, vqganWeights, weightTensors, type VqganWeights } from '../models/vqgan.ts';
 import { WeightMap } from '../models/weights.ts';
 import { Rng } from '../util/rng.ts';
+import { isEntry } from './entry.ts';
 
 export interface VqganBenchOptions {
   quick?: boolean;
@@ -273,7 +274,7 @@ export async function benchVqgan(log: (line: string) => void, opts: VqganBenchOp
 }
 
 // Run as a script (not when imported, nor when bundled into another program).
-if (/bench[\\/]vqgan\.[cm]?[jt]s$/.test(process.argv[1] ?? '')) {
+if (isEntry('vqgan')) {
   const args = process.argv.slice(2);
   const i = args.indexOf('--backend');
   const report = await initBackend(i >= 0 ? args[i + 1] : (process.env.VQCLIP_BACKEND ?? 'auto'));

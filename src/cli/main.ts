@@ -1,26 +1,33 @@
-// The command line: one yargs command module per file in ./commands.
+// The command line: one yargs command module per file in ./commands. Only the module of the command being run is
+// imported (loading every command pulls in tfjs, ink and React: seconds of start-up); --help, typos and a missing
+// command load them all so yargs can list and suggest.
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { reportError } from './errors.ts';
 
-const commands: { default: unknown }[] = [
-  // Each module exports a yargs CommandModule as `default`.
-  await import('./commands/demo.ts'),
-  await import('./commands/generate.ts'),
-  await import('./commands/batch.ts'),
-  await import('./commands/animate.ts'),
-  await import('./commands/interactive.ts'),
-  await import('./commands/doctor.ts'),
-  await import('./commands/weights.ts'),
-  await import('./commands/reconstruct.ts'),
-  await import('./commands/encode.ts'),
-  await import('./commands/decode.ts'),
-  await import('./commands/score.ts'),
-  await import('./commands/sample.ts'),
+/** Command name (and aliases) -> module; each module exports a yargs CommandModule as `default`. */
+const COMMANDS: [names: string[], load: () => Promise<{ default: unknown }>][] = [
+  [['demo'], () => import('./commands/demo.ts')],
+  [['generate'], () => import('./commands/generate.ts')],
+  [['batch'], () => import('./commands/batch.ts')],
+  [['animate'], () => import('./commands/animate.ts')],
+  [['interactive', 'ui'], () => import('./commands/interactive.ts')],
+  [['sample'], () => import('./commands/sample.ts')],
+  [['score'], () => import('./commands/score.ts')],
+  [['reconstruct'], () => import('./commands/reconstruct.ts')],
+  [['encode'], () => import('./commands/encode.ts')],
+  [['decode'], () => import('./commands/decode.ts')],
+  [['weights'], () => import('./commands/weights.ts')],
+  [['doctor'], () => import('./commands/doctor.ts')],
 ];
 
 try {
-  let cli = yargs(hideBin(process.argv))
+  const argv = hideBin(process.argv);
+  const first = argv.find((a) => !a.startsWith('-'));
+  const named = COMMANDS.find(([names]) => first !== undefined && names.includes(first));
+  const wantsHelp = argv.some((a) => a === '--help' || a === '-h');
+  const modules = await Promise.all((named && !(wantsHelp && first === undefined) ? [named] : COMMANDS).map(([, load]) => load()));
+  let cli = yargs(argv)
     .scriptName('vqclip')
     .usage('$0 <command> [options]\n\nVQGAN+CLIP and taming-transformers in TypeScript.')
     .option('backend', {
@@ -40,7 +47,7 @@ try {
     })
     .help()
     .wrap(Math.min(110, process.stdout.columns ?? 100));
-  for (const c of commands) cli = cli.command(c.default as never);
+  for (const m of modules) cli = cli.command(m.default as never);
   await cli.parseAsync();
 } catch (err) {
   process.exitCode = reportError(err);

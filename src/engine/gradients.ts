@@ -225,6 +225,24 @@ export function clampWithGrad<T extends tf.Tensor>(x: T, min: number, max: numbe
  * table on every backend. Backward: UnsortedSegmentSum where the backend has it (wasm only with wasm-kernels.ts),
  * else oneHotᵀ @ dy. Indices never see a gradient.
  */
+/**
+ * unsortedSegmentSum over row blocks: tfjs-webgpu lays a big segment sum out as one dispatch and exceeds WebGPU's
+ * 65535 workgroups per dimension (e.g. the four-tap warp of 32 cutouts of 224x224 gathers 1.6 M rows); blocks of
+ * at most 2^20 values stay inside the limit on every backend.
+ */
+function segmentSumChunked(dy: tf.Tensor2D, ids: tf.Tensor1D, n: number): tf.Tensor {
+  const [rows, cols] = dy.shape;
+  const block = Math.max(1, Math.floor(2 ** 20 / Math.max(1, cols)));
+  if (rows <= block) return tf.unsortedSegmentSum(dy, ids, n);
+  let sum: tf.Tensor | undefined;
+  for (let r = 0; r < rows; r += block) {
+    const m = Math.min(block, rows - r);
+    const part = tf.unsortedSegmentSum(tf.slice(dy, [r, 0], [m, cols]), tf.slice(ids, [r], [m]), n);
+    sum = sum ? tf.add(sum, part) : part;
+  }
+  return sum!;
+}
+
 export function gatherRows(table: tf.Tensor2D, indices: tf.Tensor1D): tf.Tensor2D {
   const idx = indices.dtype === 'int32' ? indices : tf.cast(indices, 'int32');
   const n = table.shape[0];
@@ -236,7 +254,7 @@ export function gatherRows(table: tf.Tensor2D, indices: tf.Tensor1D): tf.Tensor2
       return {
         value: tf.gather(t, idx),
         gradFunc: (dy, [ids]) => {
-          if (tf.getKernel('UnsortedSegmentSum', tf.getBackend())) return tf.unsortedSegmentSum(dy, ids as tf.Tensor1D, n);
+          if (tf.getKernel('UnsortedSegmentSum', tf.getBackend())) return segmentSumChunked(dy as tf.Tensor2D, ids as tf.Tensor1D, n);
           return tf.matMul(tf.cast(tf.oneHot(ids as tf.Tensor1D, n), 'float32'), dy, true, false);
         },
       };
