@@ -6,14 +6,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend, shutdownBackend, type BackendName } from '../src/engine/backend.ts';
+import { shutdownBackend, type BackendName } from '../src/engine/backend.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 import { asFloat32, asNumbers, type HostTensor } from '../src/formats/host-tensor.ts';
 import { writeSafetensors } from '../src/formats/safetensors.ts';
 import { openTorchFile, stateDict } from '../src/formats/torch.ts';
 import * as C from '../src/models/clip.ts';
 import { clipWeightTensors, loadClip, type LoadedClip } from '../src/models/clip-load.ts';
-import { assertClose, fixture, maxAbsDiff, nchwToNhwc, nhwcToNchw, reference } from './helpers.ts';
+import { assertClose, fixture, maxAbsDiff, nchwToNhwc, nhwcToNchw, reference, startBackend } from './helpers.ts';
 
 const o = tfOps;
 
@@ -117,12 +117,7 @@ export function clipParitySuite(backend: BackendName, opts: SuiteOptions = {}): 
     const models = new Map<string, LoadedClip<tf.Tensor>>();
 
     before(async () => {
-      try {
-        const r = await initBackend(backend);
-        if (r.backend !== backend) unavailable = `got ${r.backend} instead of ${backend}`;
-      } catch (err) {
-        unavailable = `${backend} backend unavailable: ${(err as Error).message}`;
-      }
+      unavailable = await startBackend(backend);
     });
     after(async () => {
       for (const m of models.values()) tf.dispose(clipWeightTensors(m.weights));

@@ -4,14 +4,14 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend, shutdownBackend, type BackendName } from '../src/engine/backend.ts';
+import { shutdownBackend, type BackendName } from '../src/engine/backend.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 import { asFloat32 } from '../src/formats/host-tensor.ts';
 import { makeCutouts, makeCutoutsOrig, type CutBox } from '../src/pipelines/cutouts.ts';
 import { clampToRange, nearestCodes } from '../src/pipelines/init.ts';
 import { initialOptimizerState, optimizerHyper, optimizerStep, stateTensors, type OptimizerState } from '../src/pipelines/optimizers.ts';
 import { Rng } from '../src/util/rng.ts';
-import { assertClose, maxAbsDiff, nchwToNhwc, reference } from './helpers.ts';
+import { assertClose, maxAbsDiff, nchwToNhwc, reference, startBackend } from './helpers.ts';
 
 const o = tfOps;
 
@@ -37,12 +37,7 @@ export function pipelineParitySuite(backend: BackendName, opts: { tolScale?: num
   describe(`generate pipeline pieces on ${backend}`, () => {
     let unavailable: string | undefined;
     before(async () => {
-      try {
-        const r = await initBackend(backend);
-        if (r.backend !== backend) unavailable = `got ${r.backend} instead of ${backend}`;
-      } catch (err) {
-        unavailable = `${backend} backend unavailable: ${(err as Error).message}`;
-      }
+      unavailable = await startBackend(backend);
     });
     after(async () => {
       await shutdownBackend();

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend, shutdownBackend, type BackendName } from '../src/engine/backend.ts';
+import { shutdownBackend, type BackendName } from '../src/engine/backend.ts';
 import { tfExecutor, tfOps } from '../src/engine/tfjs-ops.ts';
 import { asFloat32, asNumbers } from '../src/formats/host-tensor.ts';
 import { clipWeightTensors, loadClip } from '../src/models/clip-load.ts';
@@ -12,7 +12,7 @@ import { ClipTokenizer } from '../src/models/clip-tokenizer.ts';
 import { loadVqgan } from '../src/models/vqgan-load.ts';
 import { weightTensors } from '../src/models/vqgan.ts';
 import { DEFAULT_SETTINGS, Generation, type GenerateSettings } from '../src/pipelines/generate.ts';
-import { assertClose, FIXTURES, nchwToNhwc, nhwcToNchw } from './helpers.ts';
+import { assertClose, FIXTURES, nchwToNhwc, nhwcToNchw, startBackend } from './helpers.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -29,12 +29,7 @@ export function generateParitySuite(backend: BackendName, opts: { tolScale?: num
         unavailable = `fixtures missing in ${FIXTURES}: ${missing.join(', ')}`;
         return;
       }
-      try {
-        const r = await initBackend(backend);
-        if (r.backend !== backend) unavailable = `got ${r.backend} instead of ${backend}`;
-      } catch (err) {
-        unavailable = `${backend} backend unavailable: ${(err as Error).message}`;
-      }
+      unavailable = await startBackend(backend);
     });
     after(async () => {
       await shutdownBackend();

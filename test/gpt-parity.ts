@@ -4,13 +4,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend, shutdownBackend, type BackendName } from '../src/engine/backend.ts';
+import { shutdownBackend, type BackendName } from '../src/engine/backend.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 import { asFloat32, asNumbers, type HostTensor } from '../src/formats/host-tensor.ts';
 import { gptForward, gptStep, gptWeightTensors, kvTensors, loadPrior, type KvCache, type Prior } from '../src/models/gpt.ts';
 import { decodeIndices, weightTensors } from '../src/models/vqgan.ts';
 import { sampleCodes, softmax, topKLogits } from '../src/pipelines/sample.ts';
-import { assertClose, fixture, nhwcToNchw, reference } from './helpers.ts';
+import { assertClose, fixture, nhwcToNchw, reference, startBackend } from './helpers.ts';
 
 const o = tfOps;
 export const VARIANTS = ['uncond', 'cin'] as const;
@@ -69,12 +69,7 @@ export function gptParitySuite(backend: BackendName, opts: SuiteOptions = {}): v
     const priors = new Map<Variant, Prior<tf.Tensor>>();
 
     before(async () => {
-      try {
-        const r = await initBackend(backend);
-        if (r.backend !== backend) unavailable = `got ${r.backend} instead of ${backend}`;
-      } catch (err) {
-        unavailable = `${backend} backend unavailable: ${(err as Error).message}`;
-      }
+      unavailable = await startBackend(backend);
     });
     after(async () => {
       for (const p of priors.values()) tf.dispose([...gptWeightTensors(p.gpt), ...weightTensors(p.firstStage)]);

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
 import { readSafetensors } from '../src/formats/safetensors.ts';
 import { asFloat32, type HostTensor } from '../src/formats/host-tensor.ts';
+import { initBackend, type BackendName } from '../src/engine/backend.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const FIXTURES = process.env.VQCLIP_FIXTURES ?? path.resolve(here, '../../shared/fixtures');
@@ -74,4 +75,14 @@ export function nhwcToNchw(data: ArrayLike<number>, [n, h, w, c]: number[]): Flo
     for (let ch = 0; ch < c; ch++)
       for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) out[((a * c + ch) * h + y) * w + x] = data[((a * h + y) * w + x) * c + ch];
   return out;
+}
+
+/** Starts a backend for a suite; returns why it cannot run there (the suite then skips with that reason). */
+export async function startBackend(backend: BackendName): Promise<string | undefined> {
+  try {
+    const r = await initBackend(backend);
+    return r.backend === backend ? undefined : `got ${r.backend} instead of ${backend}`;
+  } catch (err) {
+    return `${backend} backend unavailable: ${(err as Error).message}`;
+  }
 }

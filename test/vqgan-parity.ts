@@ -3,12 +3,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend, shutdownBackend, type BackendName } from '../src/engine/backend.ts';
+import { shutdownBackend, type BackendName } from '../src/engine/backend.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 import { asFloat32, asNumbers, type HostTensor } from '../src/formats/host-tensor.ts';
 import { loadVqgan } from '../src/models/vqgan-load.ts';
 import * as V from '../src/models/vqgan.ts';
-import { assertClose, fixture, nchwToNhwc, nhwcToNchw, reference } from './helpers.ts';
+import { assertClose, fixture, nchwToNhwc, nhwcToNchw, reference, startBackend } from './helpers.ts';
 
 const o = tfOps;
 
@@ -39,12 +39,7 @@ export function vqganParitySuite(backend: BackendName, opts: SuiteOptions = {}):
     let model: Awaited<ReturnType<typeof loadVqgan<tf.Tensor>>> | undefined;
 
     before(async () => {
-      try {
-        const r = await initBackend(backend);
-        if (r.backend !== backend) unavailable = `got ${r.backend} instead of ${backend}`;
-      } catch (err) {
-        unavailable = `${backend} backend unavailable: ${(err as Error).message}`;
-      }
+      unavailable = await startBackend(backend);
     });
     after(async () => {
       if (model) tf.dispose(V.weightTensors(model.weights));

@@ -15,10 +15,9 @@
 //   node --import tsx src/bench/clip.ts [--backend wasm] [--batches 32,64] [--repeats 3] [--quick]
 //   (or: npm run bench -- --only clip)
 import * as tf from '@tensorflow/tfjs';
-import { initBackend, shutdownBackend } from '../engine/backend.ts';
 import { tfOps } from '../engine/tfjs-ops.ts';
 import { encodeImagePixels, sphericalDistance, type ClipConfig, type ClipVisionW, type ClipWeights } from '../models/clip.ts';
-import { isEntry } from './entry.ts';
+import { runStandalone } from './entry.ts';
 
 export interface ClipBenchOptions {
   quick?: boolean;
@@ -139,22 +138,6 @@ export async function benchClip(log: (line: string) => void, opts: ClipBenchOpti
   }
 }
 
-if (isEntry('clip')) {
-  const args = process.argv.slice(2);
-  const arg = (name: string) => {
-    const i = args.indexOf(name);
-    return i >= 0 ? args[i + 1] : undefined;
-  };
-  const report = await initBackend(arg('--backend') ?? process.env.VQCLIP_BACKEND ?? 'auto');
-  const log = (l: string) => process.stdout.write(`${l}\n`);
-  log(`backend: ${report.backend} (${report.reason})`);
-  try {
-    await benchClip(log, {
-      quick: args.includes('--quick'),
-      batches: arg('--batches')?.split(',').map(Number),
-      repeats: arg('--repeats') ? Number(arg('--repeats')) : undefined,
-    });
-  } finally {
-    await shutdownBackend();
-  }
-}
+await runStandalone('clip', (log, a) =>
+  benchClip(log, { quick: a.has('--quick'), batches: a.arg('--batches')?.split(',').map(Number), repeats: a.arg('--repeats') ? Number(a.arg('--repeats')) : undefined }),
+);

@@ -12,7 +12,7 @@ import * as tf from '@tensorflow/tfjs';
 import { backendReport, initBackend, shutdownBackend, type BackendReport } from '../engine/backend.ts';
 import { registerFastWasmKernels, unregisterFastWasmKernels } from '../engine/wasm-kernels.ts';
 import { coreCount } from '../engine/wasm-threads.ts';
-import { isEntry } from './entry.ts';
+import { runStandalone } from './entry.ts';
 
 /** tf.grad for a function of a specific tensor rank (tf.grad's parameter type is the plain Tensor). */
 const grad = <T extends tf.Tensor>(f: (x: T) => tf.Tensor) => tf.grad(f as unknown as (x: tf.Tensor) => tf.Tensor);
@@ -184,11 +184,4 @@ export async function runEngineBench(
 
 // Run directly: [VQCLIP_BACKEND=auto] node --import tsx src/bench/engine.ts [--quick]
 // (with a GPU or libtensorflow backend chosen, that backend is measured first, then wasm)
-if (isEntry('engine')) {
-  const quick = process.argv.includes('--quick');
-  const r = await initBackend(process.env.VQCLIP_BACKEND || 'wasm');
-  const threads = r.threads !== undefined ? `, ${r.threads} threads` : '';
-  process.stdout.write(`# engine bench: ${r.backend}${threads}, ${coreCount()} cores, node ${process.version}\n`);
-  await benchEngine(undefined, { quick });
-  await shutdownBackend();
-}
+await runStandalone('engine', (log, a) => benchEngine(log, { quick: a.has('--quick') }), 'wasm');

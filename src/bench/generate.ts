@@ -8,10 +8,9 @@
 //
 //   node --import tsx src/bench/generate.ts [--quick] [--backend wasm]     (or: npm run bench -- --only generate)
 import * as tf from '@tensorflow/tfjs';
-import { initBackend, shutdownBackend } from '../engine/backend.ts';
 import { tfExecutor, tfOps } from '../engine/tfjs-ops.ts';
 import { clipWeights, clipWeightTensors } from '../models/clip-load.ts';
-import { encodeImagePixels, type ClipConfig } from '../models/clip.ts';
+import { encodeImagePixels } from '../models/clip.ts';
 import { ByteTokenizer } from '../models/demo.ts';
 import { SyntheticWeights } from '../models/synthetic.ts';
 import { decode, vectorQuantizeST, vqganWeights, weightTensors } from '../models/vqgan.ts';
@@ -19,16 +18,10 @@ import { makeCutouts, type CutMethod } from '../pipelines/cutouts.ts';
 import { DEFAULT_SETTINGS, Generation } from '../pipelines/generate.ts';
 import { initialOptimizerState, optimizerHyper, optimizerStep } from '../pipelines/optimizers.ts';
 import { Rng } from '../util/rng.ts';
+import { VIT_B_32 } from './clip.ts';
 import { F16_16384 } from './vqgan.ts';
-import { isEntry } from './entry.ts';
+import { runStandalone } from './entry.ts';
 
-export const VIT_B_32_CONFIG: ClipConfig = {
-  embedDim: 512,
-  vision: { width: 768, layers: 12, heads: 12, patchSize: 32, gridSize: 7 },
-  text: { width: 512, layers: 12, heads: 8, contextLength: 77, vocabSize: 49408 },
-  activation: 'quickGelu',
-  layerNormEps: 1e-5,
-};
 
 const ANCHORS: Record<number, { cpu?: number; h200: number; h200Note: string }> = {
   256: { cpu: 18.368, h200: 0.0757, h200Note: '75.7 ms, 3.2 GiB peak' },
@@ -57,7 +50,7 @@ export async function benchGenerate(log: (line: string) => void, opts: { quick?:
   const backend = tf.getBackend();
   const t0 = performance.now();
   const vw = vqganWeights(tfOps, new SyntheticWeights(16384), F16_16384, { encoder: false });
-  const cw = clipWeights(tfOps, new SyntheticWeights(32), VIT_B_32_CONFIG);
+  const cw = clipWeights(tfOps, new SyntheticWeights(32), VIT_B_32);
   log(`models: vqgan_imagenet_f16_16384 decoder + CLIP ViT-B/32, random weights built in ${((performance.now() - t0) / 1000).toFixed(1)} s; backend ${backend}`);
   const gpu = backend === 'webgpu';
   const cases: [number, number, CutMethod][] = opts.quick ? [[256, 32, 'original']] : [[256, 32, 'original'], [512, 32, 'original'], [256, 32, 'latest']];
@@ -67,7 +60,7 @@ export async function benchGenerate(log: (line: string) => void, opts: { quick?:
       const settings = { ...DEFAULT_SETTINGS, prompts: 'a watercolor lighthouse at dawn', width: px, height: px, cutn, cutMethod: method, seed: 1, iterations: 100 };
       let gen: Generation<tf.Tensor> | undefined;
       try {
-        gen = await Generation.create(tfExecutor, { name: 'f16_16384', config: F16_16384, weights: vw }, [{ name: 'ViT-B/32', config: VIT_B_32_CONFIG, weights: cw, tokenizer: new ByteTokenizer(77), weight: 1 }], settings);
+        gen = await Generation.create(tfExecutor, { name: 'f16_16384', config: F16_16384, weights: vw }, [{ name: 'ViT-B/32', config: VIT_B_32, weights: cw, tokenizer: new ByteTokenizer(77), weight: 1 }], settings);
         const z = gen.latent();
         const rng = new Rng(1);
         const cutCfg = { method, cutSize: 224, cutn, cutPow: 1, augments: settings.augments, noiseFac: settings.noiseFac };
@@ -89,7 +82,7 @@ export async function benchGenerate(log: (line: string) => void, opts: { quick?:
         const img = tf.keep(tf.tidy(synthF));
         const tCut = await best(() => timeScalar(() => makeCutouts(tfOps, img, cutCfg, rng.fork('c'))));
         const cuts = tf.keep(tf.tidy(() => makeCutouts(tfOps, img, cutCfg, rng.fork('c'))));
-        const tClip = await best(() => timeScalar(() => encodeImagePixels(tfOps, cw, VIT_B_32_CONFIG, cuts)));
+        const tClip = await best(() => timeScalar(() => encodeImagePixels(tfOps, cw, VIT_B_32, cuts)));
         tf.dispose([img, cuts]);
         const g = tf.keep(tf.randomNormal(z.shape));
         const tStep = await best(() => timeScalar(() => optimizerStep(tfOps, optimizerHyper('Adam', { lr: 0.1 }), initialOptimizerState(), z, g).param));
@@ -119,15 +112,4 @@ export async function benchGenerate(log: (line: string) => void, opts: { quick?:
   log(`process RSS peak seen: ${gib(rssPeak)}`);
 }
 
-if (isEntry('generate')) {
-  const args = process.argv.slice(2);
-  const i = args.indexOf('--backend');
-  const report = await initBackend((i >= 0 ? args[i + 1] : (process.env.VQCLIP_BACKEND ?? 'auto')) as never);
-  const log = (l: string) => process.stdout.write(`${l}\n`);
-  log(`backend: ${report.backend} (${report.reason})`);
-  try {
-    await benchGenerate(log, { quick: args.includes('--quick') });
-  } finally {
-    await shutdownBackend();
-  }
-}
+await runStandalone('generate', (log, a) => benchGenerate(log, { quick: a.has('--quick') }));

@@ -24,12 +24,11 @@
 //   whole-cache concat at position 255, batch 25: 4.6-5.9 s per step (why the cache is chunked on wasm/cpu).
 //   cpu backend (plain JS, 2 of 48 blocks scaled): batch 1 38 s/step (53x PyTorch), batch 25 194 s/step.
 import * as tf from '@tensorflow/tfjs';
-import { initBackend, shutdownBackend } from '../engine/backend.ts';
 import { tfOps } from '../engine/tfjs-ops.ts';
 import type { TransformerConfig } from '../formats/taming-config.ts';
 import { KV_CHUNK, gptParameterCount, gptStep, kvTensors, makePermuter, type GptBlock, type GptConfig, type GptWeights, type KvCache, type Prior } from '../models/gpt.ts';
 import { defaultKvChunk, sampleCodes } from '../pipelines/sample.ts';
-import { isEntry } from './entry.ts';
+import { runStandalone } from './entry.ts';
 
 export interface GptBenchOptions {
   quick?: boolean;
@@ -252,18 +251,4 @@ export async function benchGpt(log: (line: string) => void, opts: GptBenchOption
   }
 }
 
-if (isEntry('gpt')) {
-  const args = process.argv.slice(2);
-  const arg = (name: string) => {
-    const i = args.indexOf(name);
-    return i >= 0 ? args[i + 1] : undefined;
-  };
-  const report = await initBackend(arg('--backend') ?? process.env.VQCLIP_BACKEND ?? 'auto');
-  const log = (l: string) => process.stdout.write(`${l}\n`);
-  log(`backend: ${report.backend} (${report.reason})`);
-  try {
-    await benchGpt(log, { quick: args.includes('--quick'), layers: arg('--layers') ? Number(arg('--layers')) : undefined });
-  } finally {
-    await shutdownBackend();
-  }
-}
+await runStandalone('gpt', (log, a) => benchGpt(log, { quick: a.has('--quick'), layers: a.arg('--layers') ? Number(a.arg('--layers')) : undefined }));

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { convertCheckpoint, resolveWeights } from '../formats/convert.ts';
 import { openTorchFile, stateDict } from '../formats/torch.ts';
 import { OrderedDictSpec, TensorSpec, writeTorchZip, type StorageSpec } from '../formats/torch-writer.ts';
-import { isEntry } from './entry.ts';
+import { runStandalone } from './entry.ts';
 
 export interface LoadBenchOptions {
   quick?: boolean;
@@ -142,6 +142,4 @@ export async function measureLoad(log: (line: string) => void = console.log, opt
   }
 }
 
-if (isEntry('load')) {
-  await benchLoad(console.log, { quick: process.argv.includes('--quick') });
-}
+await runStandalone('load', (log, a) => benchLoad(log, { quick: a.has('--quick') }));

@@ -20,14 +20,13 @@
 //                     11.5 ms), 122.8 ms at 512 px (PyTorch 22.6 ms); forward+gradient 1.03 s / 3.57 s (13x / 29x
 //                     the forward: tfjs-webgpu's backward kernels, not the model, are the bottleneck there).
 import * as tf from '@tensorflow/tfjs';
-import { initBackend, shutdownBackend } from '../engine/backend.ts';
 import { tfOps } from '../engine/tfjs-ops.ts';
 import type { HostTensor } from '../formats/host-tensor.ts';
 import type { FirstStageConfig } from '../formats/taming-config.ts';
 import { decode, vqganWeights, weightTensors, type VqganWeights } from '../models/vqgan.ts';
 import { WeightMap } from '../models/weights.ts';
 import { Rng } from '../util/rng.ts';
-import { isEntry } from './entry.ts';
+import { runStandalone } from './entry.ts';
 
 export interface VqganBenchOptions {
   quick?: boolean;
@@ -274,15 +273,4 @@ export async function benchVqgan(log: (line: string) => void, opts: VqganBenchOp
 }
 
 // Run as a script (not when imported, nor when bundled into another program).
-if (isEntry('vqgan')) {
-  const args = process.argv.slice(2);
-  const i = args.indexOf('--backend');
-  const report = await initBackend(i >= 0 ? args[i + 1] : (process.env.VQCLIP_BACKEND ?? 'auto'));
-  const log = (l: string) => process.stdout.write(`${l}\n`);
-  log(`backend: ${report.backend} (${report.reason})`);
-  try {
-    await benchVqgan(log, { quick: args.includes('--quick') });
-  } finally {
-    await shutdownBackend();
-  }
-}
+await runStandalone('vqgan', (log, a) => benchVqgan(log, { quick: a.has('--quick') }));

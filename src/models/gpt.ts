@@ -94,11 +94,6 @@ function linear<T>(o: Ops<T>, l: Linear<T>, x: T): T {
   return o.linear(x, l.w, l.b);
 }
 
-/** [B,T,C] -> [B,heads,T,hs] */
-function splitHeads<T>(o: Ops<T>, x: T, b: number, t: number, heads: number, hs: number): T {
-  return o.transpose(o.reshape(x, [b, t, heads, hs]), [0, 2, 1, 3]);
-}
-
 /** tok_emb(idx) + pos_emb[start:start+t] for int32 idx [B,T]. */
 function embed<T>(o: Ops<T>, cfg: GptConfig, w: GptWeights<T>, idx: T, start: number): T {
   const [b, t] = o.shape(idx);

@@ -10,6 +10,7 @@ import { loadGenerateModels } from '../../pipelines/generate-models.ts';
 import { parseStory } from '../../pipelines/prompts.ts';
 import { outputStem } from '../../util/names.ts';
 import { UserError } from '../errors.ts';
+import { interruptible } from '../interrupt.ts';
 import { formatDuration } from '../progress.ts';
 import { generateOptions, modelChoiceFromArgs, settingsFromArgs, type GenerateArgs } from './generate.ts';
 
@@ -59,13 +60,7 @@ const command: CommandModule<object, AnimateArgs> = {
   handler: async (a) => {
     const settings = animateSettingsFromArgs(a);
     const report = await initBackend(a.backend as BackendChoice);
-    const ac = new AbortController();
-    const onSigint = () => {
-      if (ac.signal.aborted) process.exit(130);
-      process.stderr.write('\nvqclip: stopping after this frame (Ctrl-C again to quit at once)\n');
-      ac.abort();
-    };
-    process.on('SIGINT', onSigint);
+    const { signal, release } = interruptible('frame');
     const models = await loadGenerateModels(tfExecutor, modelChoiceFromArgs(a) ?? {}, { encoder: true });
     try {
       const t0 = performance.now();
@@ -75,7 +70,7 @@ const command: CommandModule<object, AnimateArgs> = {
       const r = await runAnimation(tfExecutor, models, settings, {
         outDir,
         backend: report.backend,
-        signal: ac.signal,
+        signal,
         onEvent: (e) => {
           const per = (performance.now() - t0) / 1000 / (e.frame + 1);
           say(`frame ${e.frame + 1}/${e.frames}: ${e.path}  loss ${e.losses.reduce((x, y) => x + y, 0).toFixed(4)}  ETA ${formatDuration(per * (e.frames - e.frame - 1))}`);
@@ -86,7 +81,7 @@ const command: CommandModule<object, AnimateArgs> = {
       if (a.json) process.stdout.write(`${JSON.stringify({ ...r, seed: settings.base.seed, backend: report.backend })}\n`);
       if (r.interrupted) process.exitCode = 130;
     } finally {
-      process.off('SIGINT', onSigint);
+      release();
       models.dispose();
       await shutdownBackend();
     }

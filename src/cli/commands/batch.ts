@@ -11,6 +11,7 @@ import { readPromptFile } from '../../pipelines/prompts.ts';
 import { claimOutputDir, outputStem } from '../../util/names.ts';
 import { randomSeed } from '../../util/rng.ts';
 import { UserError } from '../errors.ts';
+import { interruptible } from '../interrupt.ts';
 import { textReporter } from '../progress.ts';
 import { generateOptions, modelChoiceFromArgs, settingsFromArgs, type GenerateArgs } from './generate.ts';
 
@@ -61,20 +62,14 @@ const command: CommandModule<object, BatchArgs> = {
     (generateOptions(y) as unknown as Argv<BatchArgs>).positional('file', { type: 'string', describe: 'prompt file: one prompt (or ^-story) per line, # comments' }) as Argv<BatchArgs>,
   handler: async (a) => {
     const report = await initBackend(a.backend as BackendChoice);
-    const ac = new AbortController();
-    const onSigint = () => {
-      if (ac.signal.aborted) process.exit(130);
-      process.stderr.write('\nvqclip: stopping after this iteration (Ctrl-C again to quit at once)\n');
-      ac.abort();
-    };
-    process.on('SIGINT', onSigint);
+    const { signal, release } = interruptible('iteration');
     try {
       const reporter = textReporter({ quiet: a.quiet });
-      const results = await runBatch(a, { backend: report.backend, signal: ac.signal, log: (l) => !a.quiet && process.stderr.write(`${l}\n`), onEvent: reporter });
+      const results = await runBatch(a, { backend: report.backend, signal, log: (l) => !a.quiet && process.stderr.write(`${l}\n`), onEvent: reporter });
       if (a.json) for (const r of results) process.stdout.write(`${JSON.stringify({ ...r, backend: report.backend })}\n`);
       if (results.some((r) => r.interrupted)) process.exitCode = 130;
     } finally {
-      process.off('SIGINT', onSigint);
+      release();
       await shutdownBackend();
     }
   },

@@ -16,6 +16,7 @@ import { checkSampleOptions } from '../../pipelines/sample.ts';
 import { outputStem } from '../../util/names.ts';
 import { parseSeed, randomSeed } from '../../util/rng.ts';
 import { UserError } from '../errors.ts';
+import { interruptible } from '../interrupt.ts';
 import { textReporter } from '../progress.ts';
 
 export interface GenerateArgs {
@@ -125,18 +126,6 @@ export function defaultOutput(settings: GenerateSettings, output: string | undef
     return path.join(output, `${stem}.png`);
   }
   return output;
-}
-
-/** Installs Ctrl-C handling for a run: the first stops it cleanly (image + resume state), a second exits at once. */
-function interruptible(): { signal: AbortSignal; release: () => void } {
-  const ac = new AbortController();
-  const onSigint = () => {
-    if (ac.signal.aborted) process.exit(130);
-    process.stderr.write('\nvqclip: stopping after this iteration (Ctrl-C again to quit at once)\n');
-    ac.abort();
-  };
-  process.on('SIGINT', onSigint);
-  return { signal: ac.signal, release: () => process.off('SIGINT', onSigint) };
 }
 
 /** The whole command on an already initialised backend (tests call this). */
