@@ -2,7 +2,7 @@
 // recorded in the PNG and replayed by --from, Ctrl-C + --resume continuing exactly, never overwriting or deleting
 // finished images, and clear errors for bad prompts and sizes.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -121,6 +121,32 @@ describe('vqclip generate (built-in models)', () => {
       });
     }
     assert.ok(!fs.readdirSync(dir).some((f) => f.startsWith('bad')), 'no output file is made by a run that fails its checks');
+  });
+
+  test('Ctrl-C (SIGINT) stops a real run cleanly: exit 130, the image and a resume state are written', async () => {
+    const out = path.join(dir, 'sigint.png');
+    const child = spawn(process.execPath, ['src/bin.mjs', 'generate', '--builtin', 'a stormy sea', '-s', '32', '-i', '500', '--cutn', '2', '--save-every', '0', '-o', out, '--backend', 'wasm'], {
+      cwd: root,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no iteration within 60 s:\n${stderr}`)), 60_000);
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        if (/it \d+\/500/.test(stderr)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    child.kill('SIGINT');
+    assert.equal(await exited, 130, stderr);
+    assert.match(stderr, /interrupted at iteration \d+/);
+    const resume = out.replace(/\.png$/, '.resume.safetensors');
+    assert.ok(fs.existsSync(out) && fs.existsSync(resume), stderr);
+    assert.ok(readRunRecord(out).iteration > 0);
   });
 
   test('the CLI prints one line and exits 2 on a bad prompt; the demo command writes a PNG', () => {

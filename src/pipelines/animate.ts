@@ -127,6 +127,7 @@ export async function runAnimation<T>(
     let losses: number[] = [];
     try {
       while (gen.iteration < settings.iterations) {
+        await new Promise<void>((resolve) => setImmediate(resolve)); // let a Ctrl-C be delivered (see generate-run)
         losses = (await gen.step()).losses;
         opts.onStep?.(k, gen.iteration, settings.iterations);
       }

@@ -239,6 +239,9 @@ export async function runGenerate<T>(ex: Executor<T>, req: RunRequest, weightsDi
     const tLoop = performance.now();
     let interrupted = false;
     while (gen.iteration < settings.iterations) {
+      // A step on wasm/cpu resolves through microtasks only; without a turn of the event loop a Ctrl-C (a libuv
+      // signal watcher) would never be delivered until the run ended.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       if (req.signal?.aborted) {
         interrupted = true;
         break;
