@@ -1,0 +1,154 @@
+// The contract between graph nodes and WGSL kernels, and a small runner to test one lowering on a device.
+//
+// A lowering turns ONE graph node (its op, attrs and the static shapes of its inputs and output) into dispatches.
+// Shapes are known when the plan is made, so kernels bake them into the WGSL source as constants (the pipeline cache
+// keys on the source); nothing about a node changes between runs. Per-run data (z, cutout matrices, the Adam step)
+// arrives as graph inputs, i.e. buffers the executor writes, never as kernel parameters.
+//
+// Binding convention for every dispatch: @group(0) @binding(i) is bindings[i]; inputs are
+// `var<storage, read>`, the output and scratch buffers `var<storage, read_write>`; element type array<f32> for f32
+// tensors and array<i32> for i32. The entry point is `main`. Buffers may be sub-ranges of a larger arena: never
+// assume a binding starts at offset 0 of anything, and use arrayLength() only if you must.
+//
+// Limits to respect (WebGPU defaults, the software adapter has them too): at most 65535 workgroups per grid
+// dimension (spread large launches over x and y), 256 invocations per workgroup by default, 16 KiB workgroup
+// memory by default (32 KiB on the software adapter, more on discrete GPUs), at most 8 storage buffers per stage.
+import type { Attrs, DType, OpName } from '../graph/ir.ts';
+
+export interface TensorInfo {
+  shape: number[];
+  dtype: DType;
+}
+
+export interface KernelNode<K extends OpName = OpName> {
+  op: K;
+  attrs: Attrs[K];
+  inputs: TensorInfo[];
+  output: TensorInfo;
+}
+
+/** What a binding refers to: an input of the node, its output, or a scratch buffer of this lowering. */
+export type Binding = { input: number } | { output: true } | { scratch: number };
+
+export interface Dispatch {
+  /** A complete WGSL module with entry point `main`. */
+  code: string;
+  bindings: Binding[];
+  workgroups: [number, number, number];
+  /** For profiles and errors, e.g. 'conv2d 3x3 s1 [1,16,16,128]->[1,16,16,128]'. */
+  label?: string;
+}
+
+export interface Lowered {
+  /** Dispatches run in order; each sees the writes of the previous ones. */
+  dispatches: Dispatch[];
+  /** Sizes in bytes of scratch buffers (binding `{ scratch: i }`), live only during this node's dispatches. */
+  scratch?: number[];
+  /**
+   * The output IS input `alias` reinterpreted (same bytes, e.g. reshape or a copy that needs no kernel); when set,
+   * `dispatches` is empty and the planner shares the buffer.
+   */
+  alias?: number;
+}
+
+export interface KernelLimits {
+  maxWorkgroupsPerDimension: number;
+  maxInvocationsPerWorkgroup: number;
+  maxWorkgroupStorageSize: number;
+  /** shader-f16 is enabled on the device. */
+  f16: boolean;
+}
+
+export const DEFAULT_LIMITS: KernelLimits = {
+  maxWorkgroupsPerDimension: 65535,
+  maxInvocationsPerWorkgroup: 256,
+  maxWorkgroupStorageSize: 16384,
+  f16: false,
+};
+
+export type Lowering<K extends OpName = OpName> = (node: KernelNode<K>, limits: KernelLimits) => Lowered;
+export type Lowerings = { [K in OpName]?: Lowering<K> };
+
+export const elementBytes = (dtype: DType): number => (dtype === 'f32' || dtype === 'i32' ? 4 : 4);
+export const byteSize = (t: TensorInfo): number => Math.max(4, t.shape.reduce((a, b) => a * b, 1) * elementBytes(t.dtype));
+
+/**
+ * A 1-D launch of `count` invocations in workgroups of `size`, spread over x and y so that no grid dimension exceeds
+ * the limit. In WGSL recover the flat index as `gid.x + gid.y * (nwg.x * size)` with
+ * `@builtin(num_workgroups) nwg: vec3<u32>`, and return when it is >= count.
+ */
+export function grid1d(count: number, size: number, limits: KernelLimits = DEFAULT_LIMITS): [number, number, number] {
+  const groups = Math.max(1, Math.ceil(count / size));
+  const x = Math.min(groups, limits.maxWorkgroupsPerDimension);
+  const y = Math.ceil(groups / x);
+  if (y > limits.maxWorkgroupsPerDimension) throw new Error(`launch of ${count} invocations is too large`);
+  return [x, y, 1];
+}
+
+/** A WGSL literal for a float constant (always with a decimal point or exponent, so WGSL types it as f32). */
+export function f32Literal(x: number): string {
+  if (!Number.isFinite(x)) throw new Error(`cannot write ${x} as a WGSL literal`);
+  const s = String(Math.fround(x));
+  return /[.eE]/.test(s) ? s : `${s}.0`;
+}
+
+export interface HostTensorData {
+  data: Float32Array | Int32Array;
+  shape: number[];
+}
+
+/**
+ * Runs one lowered node on `device` with fresh buffers and reads the output back: for kernel tests, not for the
+ * executor (which plans buffers and submits a whole graph at once).
+ */
+export async function runLowered(device: GPUDevice, lowered: Lowered, inputs: HostTensorData[], output: TensorInfo): Promise<Float32Array | Int32Array> {
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const made: GPUBuffer[] = [];
+  const buffer = (bytes: number) => {
+    const b = device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 16) * 16), usage });
+    made.push(b);
+    return b;
+  };
+  try {
+    const inBufs = inputs.map((t) => {
+      const b = buffer(t.data.byteLength);
+      device.queue.writeBuffer(b, 0, t.data.buffer, t.data.byteOffset, t.data.byteLength);
+      return b;
+    });
+    const outBytes = byteSize(output);
+    if (lowered.alias !== undefined) {
+      const src = inputs[lowered.alias].data;
+      return output.dtype === 'i32' ? new Int32Array(src) : new Float32Array(src);
+    }
+    const outBuf = buffer(outBytes);
+    const scratch = (lowered.scratch ?? []).map((bytes) => buffer(bytes));
+    device.pushErrorScope('validation');
+    const enc = device.createCommandEncoder();
+    for (const d of lowered.dispatches) {
+      const module = device.createShaderModule({ code: d.code });
+      const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+      const entries = d.bindings.map((b, i) => ({
+        binding: i,
+        resource: { buffer: 'input' in b ? inBufs[b.input] : 'output' in b ? outBuf : scratch[b.scratch] },
+      }));
+      const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+      const pass = enc.beginComputePass();
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bindGroup);
+      pass.dispatchWorkgroups(...d.workgroups);
+      pass.end();
+    }
+    const read = device.createBuffer({ size: Math.ceil(outBytes / 16) * 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    made.push(read);
+    enc.copyBufferToBuffer(outBuf, 0, read, 0, Math.ceil(outBytes / 16) * 16);
+    device.queue.submit([enc.finish()]);
+    const err = await device.popErrorScope();
+    if (err) throw new Error(`WebGPU validation: ${err.message}\n${lowered.dispatches.map((d) => d.label ?? '').join('\n')}`);
+    await read.mapAsync(GPUMapMode.READ);
+    const bytes = read.getMappedRange().slice(0, outBytes);
+    read.unmap();
+    return output.dtype === 'i32' ? new Int32Array(bytes) : new Float32Array(bytes);
+  } finally {
+    for (const b of made) b.destroy();
+  }
+}
