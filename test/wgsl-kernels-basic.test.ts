@@ -1,0 +1,202 @@
+// The non-GEMM WGSL lowerings (elementwise, reductions, layout, gather, resize) on the software WebGPU adapter,
+// against the tfjs cpu backend: random inputs of small (odd, broadcast, rank 1-5) shapes, and a few 1-D sizes large
+// enough to need a y grid. *Grad kinds are checked against tf.grad of their forward.
+import * as tf from '@tensorflow/tfjs';
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { clampWithGrad as tfClampWithGrad } from '../src/engine/gradients.ts';
+import type { DType, OpName, Attrs } from '../src/engine/graph/ir.ts';
+import { DEFAULT_LIMITS, runLowered, type KernelLimits, type KernelNode, type Lowerings } from '../src/engine/wgsl/kernel.ts';
+import { lowerings as elementwise } from '../src/engine/wgsl/kernels/elementwise.ts';
+import { createWebGPUDevice } from '../src/engine/webgpu.ts';
+import { tfOps } from '../src/engine/tfjs-ops.ts';
+
+const all: Lowerings = { ...elementwise };
+
+let device: GPUDevice | undefined;
+let noDevice: string | undefined;
+/** Largest |gpu - tfjs| per node kind (and fn), printed at the end. */
+const worst = new Map<string, { abs: number; cases: number }>();
+
+before(async () => {
+  await tf.setBackend('cpu');
+  try {
+    device = (await createWebGPUDevice('allow')).device;
+  } catch (e) {
+    noDevice = (e as Error).message;
+  }
+});
+
+after(() => {
+  device?.destroy();
+  const rows = [...worst].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `  ${k.padEnd(34)} ${String(v.cases).padStart(3)} cases  max abs diff ${v.abs.toExponential(2)}`);
+  console.log(`wgsl kernels vs tfjs cpu:\n${rows.join('\n')}`);
+});
+
+// Seeded uniform numbers (mulberry32), so failures reproduce.
+let seed = 12345;
+function rand(): number {
+  seed = (seed + 0x6d2b79f5) | 0;
+  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+}
+const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+function uniform(shape: number[], lo = -2, hi = 2): Float32Array {
+  return Float32Array.from({ length: size(shape) }, () => lo + (hi - lo) * rand());
+}
+export function ints(n: number, hi: number): Int32Array {
+  return Int32Array.from({ length: n }, () => Math.floor(rand() * hi));
+}
+
+interface In {
+  data: Float32Array | Int32Array;
+  shape: number[];
+}
+
+async function runNode<K extends OpName>(
+  op: K,
+  attrs: Attrs[K],
+  inputs: In[],
+  outShape: number[],
+  outDtype: DType = 'f32',
+  limits: KernelLimits = DEFAULT_LIMITS,
+): Promise<Float32Array | Int32Array> {
+  const lower = all[op];
+  assert.ok(lower, `no lowering for ${op}`);
+  const node: KernelNode<K> = {
+    op,
+    attrs,
+    inputs: inputs.map((t) => ({ shape: t.shape, dtype: t.data instanceof Int32Array ? 'i32' : 'f32' })),
+    output: { shape: outShape, dtype: outDtype },
+  };
+  const lowered = (lower as (n: KernelNode<K>, l: KernelLimits) => ReturnType<NonNullable<Lowerings[K]>>)(node, limits);
+  return runLowered(device!, lowered, inputs, node.output);
+}
+
+/** Runs a node and compares with the tfjs tensor `expected`: |d| <= rtol * max(1, |expected|) elementwise. */
+async function check<K extends OpName>(
+  key: string,
+  op: K,
+  attrs: Attrs[K],
+  inputs: In[],
+  expected: tf.Tensor,
+  { rtol = 1e-5, limits = DEFAULT_LIMITS }: { rtol?: number; limits?: KernelLimits } = {},
+): Promise<void> {
+  const want = await expected.data();
+  const got = await runNode(op, attrs, inputs, expected.shape, expected.dtype === 'int32' ? 'i32' : 'f32', limits);
+  expected.dispose();
+  assert.equal(got.length, want.length, `${key}: length`);
+  let maxAbs = 0;
+  for (let i = 0; i < got.length; i++) {
+    const d = Math.abs(got[i] - want[i]);
+    const ok = d <= rtol * Math.max(1, Math.abs(want[i])) || (Number.isNaN(got[i]) && Number.isNaN(want[i]));
+    assert.ok(ok, `${key} [${inputs.map((t) => `[${t.shape}]`).join(' ')}]: element ${i}: ${got[i]} vs ${want[i]}`);
+    if (d > maxAbs) maxAbs = d;
+  }
+  const w = worst.get(key) ?? { abs: 0, cases: 0 };
+  worst.set(key, { abs: Math.max(w.abs, maxAbs), cases: w.cases + 1 });
+}
+
+/**
+ * Limits with a tiny grid dimension: launches spread over y (and per-group kernels over many rows) already at small
+ * sizes. (The real 65535 limit needs 2^24 invocations: half a minute on the software adapter.)
+ */
+const TINY_GRID: KernelLimits = { ...DEFAULT_LIMITS, maxWorkgroupsPerDimension: 8 };
+
+const t = (x: In) => (x.data instanceof Int32Array ? tf.tensor(x.data, x.shape, 'int32') : tf.tensor(x.data, x.shape));
+const f = (shape: number[], lo?: number, hi?: number): In => ({ data: uniform(shape, lo, hi), shape });
+
+test('unary: every UnaryFn, ranks 0-5, a launch spread over y', async (ctx) => {
+  if (!device) return ctx.skip(noDevice);
+  const fns: Array<[Attrs['unary'], (x: tf.Tensor) => tf.Tensor, number?, number?]> = [
+    [{ fn: 'copy' }, (x) => x.clone()],
+    [{ fn: 'neg' }, tf.neg],
+    [{ fn: 'exp' }, tf.exp],
+    [{ fn: 'log' }, tf.log, 0.01, 3],
+    [{ fn: 'sqrt' }, tf.sqrt, 0, 3],
+    [{ fn: 'rsqrt' }, tf.rsqrt, 0.05, 3],
+    [{ fn: 'square' }, tf.square],
+    [{ fn: 'abs' }, tf.abs],
+    [{ fn: 'sign' }, tf.sign],
+    [{ fn: 'asin' }, tf.asin, -0.999, 0.999],
+    [{ fn: 'sigmoid' }, tf.sigmoid, -20, 20],
+    [{ fn: 'swish' }, tfOps.swish, -10, 10],
+    [{ fn: 'gelu' }, tfOps.gelu, -6, 6],
+    [{ fn: 'quickGelu' }, tfOps.quickGelu, -6, 6],
+    [{ fn: 'scale', s: -0.37 }, (x) => tfOps.scale(x, -0.37)],
+    [{ fn: 'addScalar', s: 1.25 }, (x) => tfOps.addScalar(x, 1.25)],
+    [{ fn: 'clamp', lo: -0.5, hi: 0.75 }, (x) => tf.clipByValue(x, -0.5, 0.75)],
+    [{ fn: 'recip' }, tf.reciprocal, 0.1, 3],
+  ];
+  const shapes = [[], [7], [3, 5], [2, 3, 4], [2, 1, 3, 5], [1, 2, 3, 2, 3]];
+  for (const [i, [attrs, ref, lo, hi]] of fns.entries()) {
+    for (const shape of [shapes[i % shapes.length], shapes[(i + 3) % shapes.length]]) {
+      const x = f(shape, lo, hi);
+      await check(`unary ${attrs.fn}`, 'unary', attrs, [x], ref(t(x)));
+    }
+  }
+  const big = f([3001]); // 12 workgroups of 256 with at most 8 per dimension: an 8 x 2 grid, partly idle
+  await check('unary (y grid)', 'unary', { fn: 'exp' }, [big], tf.exp(t(big)), { limits: TINY_GRID });
+});
+
+test('binary: every BinaryFn; same shape, scalar, trailing and leading vectors, general broadcasting', async (ctx) => {
+  if (!device) return ctx.skip(noDevice);
+  const fwd: Array<[Attrs['binary']['fn'], (a: tf.Tensor, b: tf.Tensor) => tf.Tensor]> = [
+    ['add', tf.add],
+    ['sub', tf.sub],
+    ['mul', tf.mul],
+    ['div', tf.div],
+    ['maximum', tf.maximum],
+    ['minimum', tf.minimum],
+    ['greaterEqual', (a, b) => tf.cast(tf.greaterEqual(a, b), 'float32')],
+    ['greater', (a, b) => tf.cast(tf.greater(a, b), 'float32')],
+  ];
+  const pairs: Array<[number[], number[]]> = [
+    [[3, 5], [3, 5]], // same shape
+    [[2, 3, 4], []], // scalar
+    [[1], [4, 3]], // size-1 operand
+    [[2, 3, 5], [5]], // trailing vector
+    [[2, 3, 5], [3, 5]], // trailing block
+    [[4, 1], [4, 6]], // per-row scalar (leading block)
+    [[2, 1, 1, 3], [2, 4, 5, 3]], // [B,1,1,C]: general strides
+    [[3, 1, 5], [1, 4, 1]], // both broadcast
+    [[2, 1, 3, 1, 2], [1, 3, 1, 4, 2]], // rank 5
+    [[7], [7]],
+  ];
+  let n = 0;
+  for (const [fn, ref] of fwd) {
+    for (const [sa, sb] of pairs) {
+      if (n++ % 2 === 1 && fn !== 'add' && fn !== 'mul') continue; // every pair for add/mul, half of them for the rest
+      const a = f(sa);
+      // Ties for the comparisons: b copies a where shapes allow.
+      const b = fn.startsWith('greater') && size(sa) === size(sb) ? { data: Float32Array.from(a.data as Float32Array, (v, i) => (i % 2 ? v : v + 1)), shape: sb } : f(sb, fn === 'div' ? 0.5 : -2, 2);
+      await check(`binary ${fn}`, 'binary', { fn }, [a, b], ref(t(a), t(b)));
+    }
+  }
+  // Gradient fns: a = x, b = dy, against tf.grad of the forward.
+  const grads: Array<[Attrs['binary'], (x: tf.Tensor) => tf.Tensor, number, number]> = [
+    [{ fn: 'swishGrad' }, tfOps.swish, -8, 8],
+    [{ fn: 'geluGrad' }, tfOps.gelu, -5, 5],
+    [{ fn: 'quickGeluGrad' }, tfOps.quickGelu, -5, 5],
+    [{ fn: 'clampGrad', lo: -0.5, hi: 0.75 }, (x) => tf.clipByValue(x, -0.5, 0.75), -2, 2],
+    [{ fn: 'clampWithGradGrad', lo: -0.5, hi: 0.75 }, (x) => tfClampWithGrad(x, -0.5, 0.75), -2, 2],
+    [{ fn: 'asinGrad' }, tf.asin, -0.99, 0.99],
+  ];
+  for (const [attrs, fwdFn, lo, hi] of grads) {
+    for (const [sx, sdy] of [[[3, 7], [3, 7]], [[2, 3, 4], [2, 3, 4]], [[5], [2, 5]]] as Array<[number[], number[]]>) {
+      const x = f(sx, lo, hi);
+      const dy = f(sdy);
+      const expected = tf.tidy(() => tf.grad((v: tf.Tensor) => tf.sum(tf.mul(fwdFn(v), t(dy))))(t(x)));
+      if (size(sx) !== size(sdy)) {
+        // The binary fn broadcasts x to dy's shape: compare with the per-element gradient, not the summed one.
+        const xs = { data: Float32Array.from({ length: size(sdy) }, (_, i) => (x.data as Float32Array)[i % size(sx)]), shape: sdy };
+        const per = tf.tidy(() => tf.grad((v: tf.Tensor) => tf.sum(tf.mul(fwdFn(v), t(dy))))(t(xs)));
+        expected.dispose();
+        await check(`binary ${attrs.fn}`, 'binary', attrs, [x, dy], per);
+      } else {
+        await check(`binary ${attrs.fn}`, 'binary', attrs, [x, dy], expected);
+      }
+    }
+  }
+});
