@@ -1,0 +1,185 @@
+// conv2d (NHWC x HWIO, optional bias) and its input gradient, as implicit GEMMs on the shared skeleton (gemm.ts).
+//
+// Forward: rows m = output pixels (b, oy, ox), M = B*Ho*Wo; columns n = Cout; k = (ky, kx, ci), K = kh*kw*Cin, which
+// is exactly the HWIO weight viewed as a [K, Cout] matrix, and the output [M, Cout] is the NHWC result. A 1x1
+// stride-1 unpadded conv reads x as the plain [M, Cin] matrix; the ViT patch embedding (kernel = stride, no padding)
+// is the same GEMM with K = kh*kw*3, whose A rows read contiguous runs of kw*Cin floats.
+//
+// Input gradient, dx[b, iy, ix, ci] = sum over (ky, kx, co) of dy[b, oy, ox, co] w[ky, kx, ci, co] where
+// iy = oy*s - padTop + ky (and likewise x) for an integral, in-range oy. Two forms, neither touching the zero taps:
+// - kernel <= stride (ViT patches, 1x1 stride 2): each dx pixel gets at most one tap, so dx is one GEMM
+//   dy [B*Ho*Wo, Cout] x w^T [Cout, kh*kw*Cin] whose store scatters (oy, ox, ky, kx, ci) to the dx pixel; pixels no
+//   tap reaches are zeroed first (a separate dispatch, only when there are any).
+// - otherwise by phase: the dx pixels with iy = py (mod s), ix = px (mod s) all use the same taps ky = py + padTop
+//   (mod s), kx likewise, so each of the s*s phases is a dense GEMM, M = its pixels, N = Cin, K = taps*Cout
+//   (taming's Downsample, 3x3 stride 2 pad [0,1,0,1]: phases with 2x2, 2x1, 1x2 and 1x1 taps; stride 1 is one phase).
+import { grid1d, type Dispatch, type KernelLimits, type KernelNode, type Lowerings } from '../kernel.ts';
+import { gemmDispatch } from './gemm.ts';
+
+const shapeText = (s: number[]) => `[${s.join(',')}]`;
+
+function lowerConv2d(node: KernelNode<'conv2d'>, limits: KernelLimits): Dispatch {
+  const { stride, pad } = node.attrs;
+  const [B, H, W, Cin] = node.inputs[0].shape;
+  const [kh, kw, , Cout] = node.inputs[1].shape;
+  const [, Ho, Wo] = node.output.shape;
+  const hasBias = node.inputs.length > 2;
+  const plain = kh === 1 && kw === 1 && stride === 1 && pad.every((p) => p === 0);
+  const loadA = plain
+    ? `return cvX[m * ${Cin}u + k];`
+    : /* wgsl */ `
+  let ox = m % ${Wo}u;
+  let oy = (m / ${Wo}u) % ${Ho}u;
+  let b = m / ${Wo * Ho}u;
+  let ci = k % ${Cin}u;
+  let kx = (k / ${Cin}u) % ${kw}u;
+  let ky = k / ${Cin * kw}u;
+  // Unsigned wrap-around makes a negative coordinate (top/left padding) fail the < test too.
+  let iy = oy * ${stride}u + ky - ${pad[0]}u;
+  let ix = ox * ${stride}u + kx - ${pad[2]}u;
+  if (iy >= ${H}u || ix >= ${W}u) { return 0.0; }
+  return cvX[((b * ${H}u + iy) * ${W}u + ix) * ${Cin}u + ci];`;
+  const prelude = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> cvX: array<f32>;
+@group(0) @binding(1) var<storage, read> cvW: array<f32>;
+${hasBias ? '@group(0) @binding(2) var<storage, read> cvBias: array<f32>;' : ''}
+@group(0) @binding(${hasBias ? 3 : 2}) var<storage, read_write> cvY: array<f32>;
+fn loadA(bz: u32, m: u32, k: u32) -> f32 {${loadA}
+}
+fn loadB(bz: u32, k: u32, n: u32) -> f32 {
+  return cvW[k * ${Cout}u + n];
+}
+fn store(bz: u32, m: u32, n: u32, v: f32) {
+  cvY[m * ${Cout}u + n] = v${hasBias ? ' + cvBias[n]' : ''};
+}
+`;
+  return gemmDispatch(
+    {
+      M: B * Ho * Wo,
+      N: Cout,
+      K: kh * kw * Cin,
+      batch: 1,
+      prelude,
+      aFast: 'k',
+      bFast: 'n',
+      bindings: [{ input: 0 }, { input: 1 }, ...(hasBias ? [{ input: 2 }] : []), { output: true }],
+      label: `conv2d ${kh}x${kw} s${stride} pad ${shapeText(pad)} ${shapeText([B, H, W, Cin])}->${shapeText(node.output.shape)}`,
+    },
+    limits,
+  );
+}
+
+function zeroFill(count: number, label: string, limits: KernelLimits): Dispatch {
+  const code = /* wgsl */ `
+@group(0) @binding(0) var<storage, read_write> zOut: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * (nwg.x * 64u);
+  if (i < ${count}u) { zOut[i] = 0.0; }
+}
+`;
+  return { code, bindings: [{ output: true }], workgroups: grid1d(count, 64, limits), label: `${label} zero` };
+}
+
+function lowerConv2dGradInput(node: KernelNode<'conv2dGradInput'>, limits: KernelLimits): Dispatch[] {
+  const { stride: s, pad } = node.attrs;
+  const [B, Ho, Wo, Cout] = node.inputs[0].shape;
+  const [kh, kw, Cin] = node.inputs[1].shape;
+  const [, H, W] = node.output.shape;
+  const [padT, , padL] = pad;
+  const label = `conv2dGradInput ${kh}x${kw} s${s} pad ${shapeText(pad)} ${shapeText(node.inputs[0].shape)}->${shapeText(node.output.shape)}`;
+  const bindings: Dispatch['bindings'] = [{ input: 0 }, { input: 1 }, { output: true }];
+  const buffers = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> gDy: array<f32>;
+@group(0) @binding(1) var<storage, read> gW: array<f32>;
+@group(0) @binding(2) var<storage, read_write> gDx: array<f32>;
+`;
+
+  if (kh <= s && kw <= s) {
+    // m = (b, oy, ox), n = (ky, kx, ci), k = co.
+    const covered = kh === s && kw === s && Ho * s - padT >= H && Wo * s - padL >= W;
+    const prelude = /* wgsl */ `${buffers}
+fn loadA(bz: u32, m: u32, k: u32) -> f32 {
+  return gDy[m * ${Cout}u + k];
+}
+fn loadB(bz: u32, k: u32, n: u32) -> f32 {
+  return gW[n * ${Cout}u + k];
+}
+fn store(bz: u32, m: u32, n: u32, v: f32) {
+  let ox = m % ${Wo}u;
+  let oy = (m / ${Wo}u) % ${Ho}u;
+  let b = m / ${Wo * Ho}u;
+  let ci = n % ${Cin}u;
+  let kx = (n / ${Cin}u) % ${kw}u;
+  let ky = n / ${Cin * kw}u;
+  let iy = oy * ${s}u + ky - ${padT}u;
+  let ix = ox * ${s}u + kx - ${padL}u;
+  if (iy < ${H}u && ix < ${W}u) { gDx[((b * ${H}u + iy) * ${W}u + ix) * ${Cin}u + ci] = v; }
+}
+`;
+    const gemm = gemmDispatch(
+      { M: B * Ho * Wo, N: kh * kw * Cin, K: Cout, batch: 1, prelude, aFast: 'k', bFast: 'k', bindings, label: `${label} patches` },
+      limits,
+    );
+    return covered ? [gemm] : [zeroFill(B * H * W * Cin, label, limits), gemm];
+  }
+
+  const dispatches: Dispatch[] = [];
+  for (let py = 0; py < s; py++) {
+    for (let px = 0; px < s; px++) {
+      const Hp = Math.ceil((H - py) / s);
+      const Wp = Math.ceil((W - px) / s);
+      if (Hp <= 0 || Wp <= 0) continue;
+      // Taps of this phase: ky = ky0 + s*t for t < nty; the dy row is oy = j + qy - t for dx row iy = py + s*j.
+      const ky0 = (py + padT) % s;
+      const kx0 = (px + padL) % s;
+      const nty = Math.max(0, Math.ceil((kh - ky0) / s));
+      const ntx = Math.max(0, Math.ceil((kw - kx0) / s));
+      const qy = (py + padT - ky0) / s;
+      const qx = (px + padL - kx0) / s;
+      // A phase without taps has K = 0 (its pixels get zeros) and never evaluates the index arithmetic, but WGSL
+      // rejects a constant zero divisor.
+      const ntxDiv = Math.max(1, ntx);
+      // m = (b, j, i), n = ci, k = (ty, tx, co).
+      const prelude = /* wgsl */ `${buffers}
+fn loadA(bz: u32, m: u32, k: u32) -> f32 {
+  let i = m % ${Wp}u;
+  let j = (m / ${Wp}u) % ${Hp}u;
+  let b = m / ${Wp * Hp}u;
+  let co = k % ${Cout}u;
+  let tx = (k / ${Cout}u) % ${ntxDiv}u;
+  let ty = k / ${Cout * ntxDiv}u;
+  let oy = j + ${qy}u - ty;
+  let ox = i + ${qx}u - tx;
+  if (oy >= ${Ho}u || ox >= ${Wo}u) { return 0.0; }
+  return gDy[((b * ${Ho}u + oy) * ${Wo}u + ox) * ${Cout}u + co];
+}
+fn loadB(bz: u32, k: u32, n: u32) -> f32 {
+  let co = k % ${Cout}u;
+  let kx = ${kx0}u + ${s}u * ((k / ${Cout}u) % ${ntxDiv}u);
+  let ky = ${ky0}u + ${s}u * (k / ${Cout * ntxDiv}u);
+  return gW[((ky * ${kw}u + kx) * ${Cin}u + n) * ${Cout}u + co];
+}
+fn store(bz: u32, m: u32, n: u32, v: f32) {
+  let i = m % ${Wp}u;
+  let j = (m / ${Wp}u) % ${Hp}u;
+  let b = m / ${Wp * Hp}u;
+  gDx[((b * ${H}u + ${py}u + ${s}u * j) * ${W}u + ${px}u + ${s}u * i) * ${Cin}u + n] = v;
+}
+`;
+      const phase = s > 1 ? ` phase ${py},${px}` : '';
+      dispatches.push(
+        gemmDispatch(
+          { M: B * Hp * Wp, N: Cin, K: nty * ntx * Cout, batch: 1, prelude, aFast: 'k', bFast: 'k', bindings, label: `${label}${phase}` },
+          limits,
+        ),
+      );
+    }
+  }
+  return dispatches;
+}
+
+export const lowerings: Lowerings = {
+  conv2d: (node, limits) => ({ dispatches: [lowerConv2d(node, limits)] }),
+  conv2dGradInput: (node, limits) => ({ dispatches: lowerConv2dGradInput(node, limits) }),
+};

@@ -1,0 +1,156 @@
+// The GEMM skeleton shared by matmul, conv2d (implicit GEMM) and conv2dGradInput: C[bz, m, n] = sum_k A[bz, m, k] B[bz, k, n].
+// A caller describes its operands by three WGSL functions (put in `prelude` with its bindings and constants), which
+// the skeleton calls only for in-range indices (m < M, n < N, k < K):
+//   fn loadA(bz: u32, m: u32, k: u32) -> f32     fn loadB(bz: u32, k: u32, n: u32) -> f32
+//   fn store(bz: u32, m: u32, n: u32, v: f32)
+// so broadcasting, transposes, im2col and the conv-gradient scatter are index arithmetic in those functions (shapes
+// are WGSL constants, so the compiler turns the divisions by them into multiplies).
+//
+// Two kernels:
+// - tiled: a 64x64 output tile per workgroup of 16x16 threads, each thread 4x4 outputs in strided rows/columns
+//   (rows ty + 16i, columns tx + 16j: the shared-memory reads of a warp are contiguous and the stores coalesce),
+//   K in steps of 16 through workgroup memory (2 tiles of 16x64 floats, ~8 KiB, under the 16 KiB default). Tile
+//   loads put consecutive threads on the operand's contiguous axis (`aFast`/`bFast`) so global reads coalesce; a
+//   tile loaded k-fast is stored with a row pitch of 65 so that those writes do not all hit one bank.
+// - simple: one thread per output, a plain K loop. For tiny products and matrix-vector shapes (M or N below a few
+//   rows), where a 64x64 tile would be mostly padding and the launch/barrier overhead dominates.
+// Element type is f32 throughout; an f16 variant would swap the workgroup arrays and accumulators (`ELEM`/`ACC`
+// below) and the bindings' element type.
+import { grid1d, type Dispatch, type KernelLimits } from '../kernel.ts';
+
+export interface GemmSpec {
+  /** Per-`bz` problem size; bz ranges over [0, batch). */
+  M: number;
+  N: number;
+  K: number;
+  batch: number;
+  /** Bindings, constants and the loadA/loadB/store functions. */
+  prelude: string;
+  /** Which index of A (resp. B) is contiguous in memory: consecutive threads load along it. */
+  aFast: 'm' | 'k';
+  bFast: 'k' | 'n';
+  bindings: Dispatch['bindings'];
+  label: string;
+}
+
+const TM = 64;
+const TN = 64;
+const TK = 16;
+/** Threads per workgroup of the tiled kernel (16 x 16) and outputs per thread along each axis. */
+const TX = 16;
+const TY = 16;
+const PER = 4;
+
+const ELEM = 'f32';
+
+/** Below this many multiply-adds (all batches) the simple kernel is used; also when M or N is at most SKINNY. */
+const SMALL_MACS = 1 << 16;
+const SKINNY = 4;
+
+export function useSimpleGemm(s: Pick<GemmSpec, 'M' | 'N' | 'K' | 'batch'>): boolean {
+  return s.M * s.N * s.K * s.batch <= SMALL_MACS || s.M <= SKINNY || s.N <= SKINNY;
+}
+
+/** One dispatch computing the GEMM (tiled or simple, by size). */
+export function gemmDispatch(s: GemmSpec, limits: KernelLimits): Dispatch {
+  return useSimpleGemm(s) ? simpleGemm(s, limits) : tiledGemm(s, limits);
+}
+
+function simpleGemm(s: GemmSpec, limits: KernelLimits): Dispatch {
+  const count = s.batch * s.M * s.N;
+  const WG = 64;
+  const code = /* wgsl */ `${s.prelude}
+const GM = ${s.M}u;
+const GN = ${s.N}u;
+const GK = ${s.K}u;
+const COUNT = ${count}u;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * (nwg.x * ${WG}u);
+  if (i >= COUNT) { return; }
+  let n = i % GN;
+  let m = (i / GN) % GM;
+  let bz = i / (GN * GM);
+  var acc = 0.0;
+  for (var k = 0u; k < GK; k++) {
+    acc = fma(loadA(bz, m, k), loadB(bz, k, n), acc);
+  }
+  store(bz, m, n, acc);
+}
+`;
+  return { code, bindings: s.bindings, workgroups: grid1d(count, WG, limits), label: `${s.label} [simple ${s.batch}x${s.M}x${s.N}x${s.K}]` };
+}
+
+function tiledGemm(s: GemmSpec, limits: KernelLimits): Dispatch {
+  const mTiles = Math.ceil(s.M / TM);
+  const nTiles = Math.ceil(s.N / TN);
+  const total = mTiles * s.batch;
+  const maxDim = limits.maxWorkgroupsPerDimension;
+  if (nTiles > maxDim) throw new Error(`${s.label}: N = ${s.N} needs more than ${maxDim} workgroups`);
+  const gy = Math.min(total, maxDim);
+  const gz = Math.ceil(total / gy);
+  if (gz > maxDim) throw new Error(`${s.label}: ${total} row tiles is too many`);
+  // Workgroup tiles are [k][m] and [k][n]; pitch 65 when the tile is filled k-fast (see the header).
+  const aPitch = s.aFast === 'k' ? TM + 1 : TM;
+  const bPitch = s.bFast === 'k' ? TN + 1 : TN;
+  const threads = TX * TY;
+  const loads = (TM * TK) / threads; // = (TN * TK) / threads = 4
+  // Tile coordinates (row of the tile along m or n, column along k) loaded by thread li in its load number r.
+  const tileIndex = (fast: string, extent: number) =>
+    fast === 'k'
+      ? { outer: `li / ${TK}u + ${threads / TK}u * r`, kk: `li % ${TK}u` }
+      : { outer: `li % ${extent}u`, kk: `li / ${extent}u + ${threads / extent}u * r` };
+  const a = tileIndex(s.aFast, TM);
+  const b = tileIndex(s.bFast, TN);
+  const rows = [...Array(PER).keys()];
+  const code = /* wgsl */ `${s.prelude}
+const GM = ${s.M}u;
+const GN = ${s.N}u;
+const GK = ${s.K}u;
+const M_TILES = ${mTiles}u;
+const TOTAL = ${total}u;
+var<workgroup> As: array<${ELEM}, ${TK * aPitch}>;
+var<workgroup> Bs: array<${ELEM}, ${TK * bPitch}>;
+@compute @workgroup_size(${TX}, ${TY})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  // Uniform per workgroup, so the early return keeps the barriers below in uniform control flow.
+  let flat = wid.y + wid.z * nwg.y;
+  if (flat >= TOTAL) { return; }
+  let bz = flat / M_TILES;
+  let m0 = (flat % M_TILES) * ${TM}u;
+  let n0 = wid.x * ${TN}u;
+${rows.map((i) => `  var acc${i} = vec4<f32>(0.0);`).join('\n')}
+  for (var k0 = 0u; k0 < GK; k0 += ${TK}u) {
+    for (var r = 0u; r < ${loads}u; r++) {
+      let mm = ${a.outer};
+      let ka = ${a.kk};
+      var va = 0.0;
+      if (m0 + mm < GM && k0 + ka < GK) { va = loadA(bz, m0 + mm, k0 + ka); }
+      As[ka * ${aPitch}u + mm] = va;
+      let nn = ${b.outer};
+      let kb = ${b.kk};
+      var vb = 0.0;
+      if (n0 + nn < GN && k0 + kb < GK) { vb = loadB(bz, k0 + kb, n0 + nn); }
+      Bs[kb * ${bPitch}u + nn] = vb;
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${TK}u; kk++) {
+      let ar = kk * ${aPitch}u + lid.y;
+      let br = kk * ${bPitch}u + lid.x;
+      let b = vec4<f32>(${rows.map((j) => `Bs[br + ${j * TX}u]`).join(', ')});
+${rows.map((i) => `      acc${i} = fma(vec4<f32>(As[ar + ${i * TY}u]), b, acc${i});`).join('\n')}
+    }
+    workgroupBarrier();
+  }
+${rows
+  .map((i) =>
+    rows
+      .map((j) => `  if (m0 + lid.y + ${i * TY}u < GM && n0 + lid.x + ${j * TX}u < GN) { store(bz, m0 + lid.y + ${i * TY}u, n0 + lid.x + ${j * TX}u, acc${i}[${j}]); }`)
+      .join('\n'),
+  )
+  .join('\n')}
+}
+`;
+  return { code, bindings: s.bindings, workgroups: [nTiles, gy, gz], label: `${s.label} [tiled ${s.batch}x${s.M}x${s.N}x${s.K}]` };
+}

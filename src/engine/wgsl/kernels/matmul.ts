@@ -1,0 +1,69 @@
+// matmul: batched over the leading axes with broadcasting (as tf.matMul), optional transposes, on the shared GEMM
+// skeleton (gemm.ts: a 64x64-tile workgroup-memory kernel, or a one-thread-per-output kernel for tiny/skinny shapes).
+import type { Dispatch, KernelLimits, KernelNode, Lowerings } from '../kernel.ts';
+import { sizeOf } from '../../graph/ir.ts';
+import { gemmDispatch } from './gemm.ts';
+
+/**
+ * WGSL expression (in `bz`, the flat index over the output's batch axes) of the element offset of one operand's
+ * matrix: the operand's batch axes are aligned at the end with the output's, and axes of size 1 (or missing) are
+ * broadcast (contribute nothing).
+ */
+export function batchOffset(outBatch: number[], inBatch: number[], matrixSize: number): string {
+  const terms: string[] = [];
+  let outStride = 1;
+  let inStride = matrixSize;
+  for (let d = 1; d <= outBatch.length; d++) {
+    const size = outBatch[outBatch.length - d];
+    const inSize = d <= inBatch.length ? inBatch[inBatch.length - d] : 1;
+    if (inSize !== 1 && size > 1) {
+      const coord = outStride === 1 ? `bz` : `(bz / ${outStride}u)`;
+      terms.push(`(${coord} % ${size}u) * ${inStride}u`);
+    }
+    outStride *= size;
+    inStride *= inSize;
+  }
+  return terms.length ? terms.join(' + ') : '0u';
+}
+
+function lowerMatmul(node: KernelNode<'matmul'>, limits: KernelLimits): Dispatch {
+  const { transposeA, transposeB } = node.attrs;
+  const [a, b] = node.inputs.map((t) => t.shape);
+  const out = node.output.shape;
+  const M = out[out.length - 2];
+  const N = out[out.length - 1];
+  const K = transposeA ? a[a.length - 2] : a[a.length - 1];
+  const outBatch = out.slice(0, -2);
+  const prelude = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> mmA: array<f32>;
+@group(0) @binding(1) var<storage, read> mmB: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mmC: array<f32>;
+fn loadA(bz: u32, m: u32, k: u32) -> f32 {
+  return mmA[${batchOffset(outBatch, a.slice(0, -2), M * K)} + ${transposeA ? `k * ${M}u + m` : `m * ${K}u + k`}];
+}
+fn loadB(bz: u32, k: u32, n: u32) -> f32 {
+  return mmB[${batchOffset(outBatch, b.slice(0, -2), K * N)} + ${transposeB ? `n * ${K}u + k` : `k * ${N}u + n`}];
+}
+fn store(bz: u32, m: u32, n: u32, v: f32) {
+  mmC[(bz * ${M}u + m) * ${N}u + n] = v;
+}
+`;
+  return gemmDispatch(
+    {
+      M,
+      N,
+      K,
+      batch: sizeOf(outBatch),
+      prelude,
+      aFast: transposeA ? 'm' : 'k',
+      bFast: transposeB ? 'k' : 'n',
+      bindings: [{ input: 0 }, { input: 1 }, { output: true }],
+      label: `matmul${transposeA ? ' tA' : ''}${transposeB ? ' tB' : ''} [${a}]x[${b}]->[${out}]`,
+    },
+    limits,
+  );
+}
+
+export const lowerings: Lowerings = {
+  matmul: (node, limits) => ({ dispatches: [lowerMatmul(node, limits)] }),
+};
