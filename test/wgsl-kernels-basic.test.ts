@@ -8,10 +8,11 @@ import { clampWithGrad as tfClampWithGrad } from '../src/engine/gradients.ts';
 import type { DType, OpName, Attrs } from '../src/engine/graph/ir.ts';
 import { DEFAULT_LIMITS, runLowered, type KernelLimits, type KernelNode, type Lowerings } from '../src/engine/wgsl/kernel.ts';
 import { lowerings as elementwise } from '../src/engine/wgsl/kernels/elementwise.ts';
+import { lowerings as layout } from '../src/engine/wgsl/kernels/layout.ts';
 import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 
-const all: Lowerings = { ...elementwise };
+const all: Lowerings = { ...elementwise, ...layout };
 
 let device: GPUDevice | undefined;
 let noDevice: string | undefined;
@@ -45,7 +46,7 @@ const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 function uniform(shape: number[], lo = -2, hi = 2): Float32Array {
   return Float32Array.from({ length: size(shape) }, () => lo + (hi - lo) * rand());
 }
-export function ints(n: number, hi: number): Int32Array {
+function ints(n: number, hi: number): Int32Array {
   return Int32Array.from({ length: n }, () => Math.floor(rand() * hi));
 }
 
@@ -199,4 +200,80 @@ test('binary: every BinaryFn; same shape, scalar, trailing and leading vectors, 
       }
     }
   }
+});
+
+test('layout: reshape, transpose (any perm), slice, pad, upsample2x, concat (any axis, > 7 inputs); f32 and i32', async (ctx) => {
+  if (!device) return ctx.skip(noDevice);
+  const r = f([2, 3, 4]);
+  const lowered = all.reshape!({ op: 'reshape', attrs: {}, inputs: [{ shape: [2, 3, 4], dtype: 'f32' }], output: { shape: [6, 4], dtype: 'f32' } }, DEFAULT_LIMITS);
+  assert.deepEqual(lowered, { dispatches: [], alias: 0 });
+  await check('reshape', 'reshape', {}, [r], tf.reshape(t(r), [6, 4]));
+
+  const perms: Array<[number[], number[]]> = [
+    [[5], [0]],
+    [[3, 5], [1, 0]],
+    [[2, 3, 4], [2, 0, 1]],
+    [[2, 3, 4], [0, 2, 1]],
+    [[2, 1, 4], [1, 0, 2]], // only a size-1 axis moves: an alias
+    [[2, 3, 4, 5], [0, 2, 1, 3]], // attention's head split
+    [[2, 3, 4, 5], [3, 1, 2, 0]],
+    [[2, 3, 1, 2, 3], [4, 2, 0, 3, 1]],
+  ];
+  for (const [shape, perm] of perms) {
+    const x = f(shape);
+    await check('transpose', 'transpose', { perm }, [x], tf.transpose(t(x), perm));
+  }
+  const xi = { data: ints(60, 1000), shape: [3, 4, 5] };
+  await check('transpose i32', 'transpose', { perm: [2, 1, 0] }, [xi], tf.transpose(t(xi), [2, 1, 0]));
+  const tb = f([7, 9, 11]);
+  await check('transpose (y grid)', 'transpose', { perm: [1, 2, 0] }, [tb], tf.transpose(t(tb), [1, 2, 0]), { limits: TINY_GRID });
+
+  const slices: Array<[number[], number[], number[]]> = [
+    [[9], [2], [5]],
+    [[4, 6], [1, 0], [2, 6]], // whole rows: one contiguous copy
+    [[4, 6], [1, 2], [3, 3]],
+    [[2, 5, 7, 3], [1, 1, 2, 0], [1, 3, 4, 3]],
+    [[3, 2, 4, 3, 5], [0, 1, 1, 0, 2], [3, 1, 2, 3, 3]],
+  ];
+  for (const [shape, begin, sz] of slices) {
+    const x = f(shape);
+    await check('slice', 'slice', { begin }, [x], tf.slice(t(x), begin, sz));
+  }
+  await check('slice i32', 'slice', { begin: [1, 0, 2] }, [xi], tf.slice(t(xi), [1, 0, 2], [2, 4, 3]));
+
+  const pads: Array<[number[], [number, number][], number]> = [
+    [[5], [[2, 3]], 0],
+    [[2, 3, 4, 2], [[0, 0], [1, 2], [3, 0], [0, 0]], -1.5],
+    [[3, 4], [[1, 1], [0, 2]], 7],
+    [[1, 2, 3, 1, 2], [[0, 1], [0, 0], [2, 1], [1, 0], [0, 0]], 0.25],
+  ];
+  for (const [shape, paddings, value] of pads) {
+    const x = f(shape);
+    await check('pad', 'pad', { paddings, value }, [x], tf.pad(t(x), paddings, value));
+  }
+  await check('pad i32', 'pad', { paddings: [[0, 1], [2, 0], [1, 1]], value: -3 }, [xi], tf.pad(t(xi), [[0, 1], [2, 0], [1, 1]], -3));
+
+  for (const shape of [[1, 3, 5, 2], [2, 4, 3, 7]]) {
+    const x = f(shape);
+    await check('upsample2x', 'upsample2x', {}, [x], tfOps.upsampleNearest2x(t(x)));
+  }
+
+  const concats: Array<[number[][], number]> = [
+    [[[3], [5], [1]], 0],
+    [[[2, 3], [2, 1], [2, 4]], 1],
+    [[[2, 3, 4], [1, 3, 4]], 0],
+    [[[2, 3, 4], [2, 2, 4], [2, 5, 4]], 1],
+    [[[2, 3, 4], [2, 3, 1], [2, 3, 2], [2, 3, 3]], -1],
+    // 10 inputs: two dispatches (7 + 3 inputs, 8 storage buffers each at most).
+    [Array.from({ length: 10 }, (_, k) => [2, 1 + (k % 3), 3]), 1],
+  ];
+  for (const [shapes, axis] of concats) {
+    const xs = shapes.map((s) => f(s));
+    const outAxis = axis < 0 ? axis + shapes[0].length : axis;
+    const expected = tf.concat(xs.map(t), outAxis);
+    const key = xs.length > 7 ? 'concat (several dispatches)' : 'concat';
+    await check(key, 'concat', { axis }, xs, expected);
+  }
+  const ci = [{ data: ints(6, 50), shape: [2, 3] }, { data: ints(4, 50), shape: [2, 2] }];
+  await check('concat i32', 'concat', { axis: 1 }, ci, tf.concat(ci.map(t), 1));
 });
