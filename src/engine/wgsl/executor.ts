@@ -1,0 +1,215 @@
+// Running a Plan on a WebGPU device: everything that does not change between runs is made once (shader modules and
+// pipelines, cached by WGSL source; bind groups; buffers; constant uploads); a run writes the inputs, records all
+// dispatches in one compute pass and submits once.
+//
+// Host cost per run is dominated by the calls into Dawn (about 1-3 us each through Dawn's Node binding, measured by
+// src/bench/wgsl-executor.ts): a run makes one setBindGroup + one dispatchWorkgroups per dispatch and a setPipeline
+// only when the pipeline changes. WebGPU cannot replay a recorded compute command buffer, so the per-run encoding is
+// kept to a loop over pre-resolved arrays.
+//
+// Bind group layouts are explicit, from the plan's read-only/read-write flag per binding (inputs `var<storage, read>`,
+// outputs and scratch `read_write`, as kernel.ts prescribes); 'auto' layouts would drop bindings a shader does not
+// use and tie every bind group to one pipeline.
+import type { Plan, PlannedTensor, Slot } from './plan.ts';
+import { checkHostData } from './plan.ts';
+
+export interface CompileOptions {
+  /**
+   * State carried from one run to the next: input name -> output name. At the end of each run the output's bytes
+   * are copied into the input (in the same submission), e.g. { z: 'zNext', m: 'mNext' } for an optimizer step.
+   */
+  carry?: Record<string, string>;
+}
+
+export interface CompiledGraph {
+  /**
+   * Writes the given inputs (inputs not given keep the data of the previous run; the first run needs them all),
+   * encodes every dispatch and submits. Does not wait for the GPU.
+   */
+  run(inputs?: Record<string, Float32Array | Int32Array>): void;
+  /** An output's data after the runs submitted so far (one copy and one map). Throws on a validation error of a run. */
+  read(name: string): Promise<Float32Array | Int32Array>;
+  /** The single element of an output of size 1 (e.g. the loss). */
+  readScalar(name: string): Promise<number>;
+  /** Replaces a constant's data (node id) from the next run on: one small writeBuffer. */
+  updateConst(node: number, data: Float32Array | Int32Array): void;
+  destroy(): void;
+  /** performance.now() around the last run's input writes + encoding + submit (not GPU time). */
+  readonly lastRunHostMs: number;
+  readonly stats: { dispatches: number; pipelines: number; bindGroups: number; buffers: number; arenaBytes: number; constBytes: number };
+}
+
+const write = (device: GPUDevice, buffer: GPUBuffer, offset: number, data: Float32Array | Int32Array): void =>
+  device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, data.byteLength);
+
+/** Creates every GPU object the plan needs and uploads the constants. Throws on shader or validation errors. */
+export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOptions = {}): Promise<CompiledGraph> {
+  const carry = Object.entries(opts.carry ?? {}).map(([input, output]) => {
+    const to = plan.inputs[input];
+    const from = plan.outputs[output];
+    if (!to) throw new Error(`carry: no input named ${input}`);
+    if (!from) throw new Error(`carry: no output named ${output}`);
+    if (to.dtype !== from.dtype || to.slot.size !== from.slot.size) throw new Error(`carry: ${output} and ${input} differ in shape or dtype`);
+    return { from: from.slot, to: to.slot };
+  });
+
+  device.pushErrorScope('validation');
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const buffers = plan.buffers.map((b, i) => device.createBuffer({ size: Math.max(16, Math.ceil(b.size / 16) * 16), usage, label: `${b.kind} ${i}` }));
+  for (const c of plan.consts) write(device, buffers[c.slot.buffer], c.slot.offset, c.data);
+
+  // Layouts by their pattern of read-only (r) and read-write (w) bindings, e.g. 'rrw'.
+  const layouts = new Map<string, { key: string; bindGroup: GPUBindGroupLayout; pipeline: GPUPipelineLayout }>();
+  const layoutFor = (writable: boolean[]) => {
+    const key = writable.map((w) => (w ? 'w' : 'r')).join('');
+    let l = layouts.get(key);
+    if (!l) {
+      const entries = writable.map((w, binding) => ({
+        binding,
+        visibility: GPUShaderStage.COMPUTE,
+        buffer: { type: w ? ('storage' as const) : ('read-only-storage' as const) },
+      }));
+      const bindGroup = device.createBindGroupLayout({ entries });
+      l = { key, bindGroup, pipeline: device.createPipelineLayout({ bindGroupLayouts: [bindGroup] }) };
+      layouts.set(key, l);
+    }
+    return l;
+  };
+  const pipelines = new Map<string, GPUComputePipeline>();
+  const bindGroups = new Map<string, GPUBindGroup>();
+  const n = plan.dispatches.length;
+  const dPipeline: GPUComputePipeline[] = new Array(n);
+  const dBindGroup: GPUBindGroup[] = new Array(n);
+  const dGrid = new Uint32Array(3 * n);
+  plan.dispatches.forEach((d, i) => {
+    const layout = layoutFor(d.writable);
+    const key = `${layout.key}\n${d.code}`;
+    let pipeline = pipelines.get(key);
+    if (!pipeline) {
+      const module = device.createShaderModule({ code: d.code, label: d.label });
+      pipeline = device.createComputePipeline({ layout: layout.pipeline, compute: { module, entryPoint: 'main' }, label: d.label });
+      pipelines.set(key, pipeline);
+    }
+    const bgKey = `${layout.key}:${d.slots.map((s) => `${s.buffer},${s.offset},${s.size}`).join(';')}`;
+    let bindGroup = bindGroups.get(bgKey);
+    if (!bindGroup) {
+      const entries = d.slots.map((s, binding) => ({ binding, resource: { buffer: buffers[s.buffer], offset: s.offset, size: s.size } }));
+      bindGroup = device.createBindGroup({ layout: layout.bindGroup, entries });
+      bindGroups.set(bgKey, bindGroup);
+    }
+    dPipeline[i] = pipeline;
+    dBindGroup[i] = bindGroup;
+    dGrid.set(d.workgroups, 3 * i);
+  });
+  const compileError = await device.popErrorScope();
+  if (compileError) {
+    for (const b of buffers) b.destroy();
+    throw new Error(`compiling the plan: ${compileError.message}`);
+  }
+
+  const constByNode = new Map(plan.consts.map((c) => [c.node, c]));
+  const written = new Set<string>();
+  const staging = new Map<string, GPUBuffer>();
+  let pending: Promise<GPUError | null> | undefined;
+  let lastRunHostMs = 0;
+
+  const copy = (enc: GPUCommandEncoder, from: Slot, to: GPUBuffer, toOffset: number) =>
+    enc.copyBufferToBuffer(buffers[from.buffer], from.offset, to, toOffset, from.size);
+
+  const output = (name: string): PlannedTensor => {
+    const t = plan.outputs[name];
+    if (!t) throw new Error(`no output named ${name} (outputs: ${Object.keys(plan.outputs).join(', ')})`);
+    return t;
+  };
+
+  const compiled: CompiledGraph = {
+    run(inputs = {}) {
+      const t0 = performance.now();
+      for (const [name, data] of Object.entries(inputs)) {
+        const t = plan.inputs[name];
+        if (!t) throw new Error(`no input named ${name} (inputs: ${Object.keys(plan.inputs).join(', ')})`);
+        checkHostData(t, data, `input ${name}`);
+        write(device, buffers[t.slot.buffer], t.slot.offset, data);
+        written.add(name);
+      }
+      if (written.size < Object.keys(plan.inputs).length) {
+        const missing = Object.keys(plan.inputs).filter((k) => !written.has(k));
+        throw new Error(`inputs never written: ${missing.join(', ')}`);
+      }
+      device.pushErrorScope('validation');
+      const enc = device.createCommandEncoder();
+      if (n > 0) {
+        const pass = enc.beginComputePass();
+        let current: GPUComputePipeline | undefined;
+        for (let i = 0; i < n; i++) {
+          const p = dPipeline[i];
+          if (p !== current) pass.setPipeline((current = p));
+          pass.setBindGroup(0, dBindGroup[i]);
+          pass.dispatchWorkgroups(dGrid[3 * i], dGrid[3 * i + 1], dGrid[3 * i + 2]);
+        }
+        pass.end();
+      }
+      for (const c of carry) copy(enc, c.from, buffers[c.to.buffer], c.to.offset);
+      device.queue.submit([enc.finish()]);
+      const err = device.popErrorScope();
+      const prev = pending;
+      pending = prev ? Promise.all([prev, err]).then(([a, b]) => a ?? b) : err;
+      lastRunHostMs = performance.now() - t0;
+    },
+
+    async read(name) {
+      const t = output(name);
+      // One staging buffer per output, reused; a second read of the same output while the first maps gets its own.
+      let st = staging.get(name);
+      const busy = st !== undefined && st.mapState !== 'unmapped';
+      if (!st || busy) {
+        st = device.createBuffer({ size: Math.max(16, Math.ceil(t.slot.size / 16) * 16), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+        if (!busy) staging.set(name, st);
+      }
+      const enc = device.createCommandEncoder();
+      copy(enc, t.slot, st, 0);
+      device.queue.submit([enc.finish()]);
+      const err = await pending;
+      pending = undefined;
+      if (err) throw new Error(`WebGPU validation error in a run: ${err.message}`);
+      await st.mapAsync(GPUMapMode.READ, 0, t.slot.size);
+      const bytes = st.getMappedRange(0, t.slot.size).slice(0);
+      st.unmap();
+      if (staging.get(name) !== st) st.destroy();
+      return t.dtype === 'i32' ? new Int32Array(bytes) : new Float32Array(bytes);
+    },
+
+    async readScalar(name) {
+      const t = output(name);
+      if (t.slot.size !== 4) throw new Error(`output ${name} has shape [${t.shape.join(',')}], not a single element`);
+      return (await compiled.read(name))[0];
+    },
+
+    updateConst(node, data) {
+      const c = constByNode.get(node);
+      if (!c) throw new Error(`node ${node} is not a constant of this plan`);
+      checkHostData(c, data, `constant %${node}`);
+      write(device, buffers[c.slot.buffer], c.slot.offset, data);
+    },
+
+    destroy() {
+      for (const b of buffers) b.destroy();
+      for (const b of staging.values()) b.destroy();
+      staging.clear();
+    },
+
+    get lastRunHostMs() {
+      return lastRunHostMs;
+    },
+
+    stats: {
+      dispatches: n,
+      pipelines: pipelines.size,
+      bindGroups: bindGroups.size,
+      buffers: buffers.length,
+      arenaBytes: plan.memory.arenaBytes,
+      constBytes: plan.memory.constBytes,
+    },
+  };
+  return compiled;
+}
