@@ -9,10 +9,11 @@ import type { DType, OpName, Attrs } from '../src/engine/graph/ir.ts';
 import { DEFAULT_LIMITS, runLowered, type KernelLimits, type KernelNode, type Lowerings } from '../src/engine/wgsl/kernel.ts';
 import { lowerings as elementwise } from '../src/engine/wgsl/kernels/elementwise.ts';
 import { lowerings as layout } from '../src/engine/wgsl/kernels/layout.ts';
+import { lowerings as reduce } from '../src/engine/wgsl/kernels/reduce.ts';
 import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 
-const all: Lowerings = { ...elementwise, ...layout };
+const all: Lowerings = { ...elementwise, ...layout, ...reduce };
 
 let device: GPUDevice | undefined;
 let noDevice: string | undefined;
@@ -276,4 +277,62 @@ test('layout: reshape, transpose (any perm), slice, pad, upsample2x, concat (any
   }
   const ci = [{ data: ints(6, 50), shape: [2, 3] }, { data: ints(4, 50), shape: [2, 2] }];
   await check('concat i32', 'concat', { axis: 1 }, ci, tf.concat(ci.map(t), 1));
+});
+
+test('reductions: sum and max over any axes (keepDims), argmin/argmax with ties, softmax and softmaxGrad', async (ctx) => {
+  if (!device) return ctx.skip(noDevice);
+  const cases: Array<[number[], number[], string]> = [
+    [[7], [0], 'serial row'],
+    [[3, 5], [1], 'serial row'],
+    [[3, 5], [0], 'columns'],
+    [[4, 100], [1], 'tree of 64'],
+    [[5, 301], [1], 'tree of 256'],
+    [[4, 5, 6], [0, 1, 2], 'tree of 64'],
+    [[2, 3, 4], [1], 'columns'],
+    [[2000, 3], [0], 'chunked columns'],
+    [[3, 1500, 2], [1], 'chunked columns'],
+    [[2, 3, 4], [0, 2], 'general'],
+    [[2, 3, 4, 5], [1, 2], 'columns'],
+    [[2, 3, 1, 4, 5], [0, 3], 'general'],
+    [[2, 1, 3], [1], 'alias'],
+  ];
+  for (const [shape, axes, path] of cases) {
+    for (const keepDims of [false, true]) {
+      const x = f(shape);
+      await check(`sum (${path})`, 'sum', { axes, keepDims }, [x], tf.sum(t(x), axes, keepDims));
+      await check(`max (${path})`, 'max', { axes, keepDims }, [x], tf.max(t(x), axes, keepDims));
+    }
+  }
+  const rows = f([20, 70]); // 20 workgroups over a grid of at most 8 per dimension
+  await check('sum (tree, y grid)', 'sum', { axes: [1], keepDims: false }, [rows], tf.sum(t(rows), 1), { limits: TINY_GRID });
+
+  // Few distinct values: many ties, which must go to the first index.
+  const tied = (shape: number[]): In => ({ data: Float32Array.from({ length: size(shape) }, () => Math.floor(rand() * 3)), shape });
+  const argCases: Array<[number[], number, string]> = [
+    [[9], 0, 'serial'],
+    [[5, 7], 1, 'serial'],
+    [[3, 300], 1, 'tree of 256'],
+    [[4, 90], 1, 'tree of 64'],
+    [[6, 4, 3], 1, 'columns'],
+    [[100, 5], 0, 'columns'],
+    [[2, 3, 4, 5, 2], 3, 'columns'],
+  ];
+  for (const [shape, axis, path] of argCases) {
+    for (const x of [tied(shape), f(shape)]) {
+      await check(`argmin (${path})`, 'argmin', { axis }, [x], tf.argMin(t(x), axis));
+      await check(`argmax (${path})`, 'argmax', { axis }, [x], tf.argMax(t(x), axis));
+    }
+  }
+
+  for (const [shape, path] of [[[7], 'serial'], [[3, 5], 'serial'], [[2, 3, 70], 'tree of 64'], [[4, 300], 'tree of 256']] as Array<[number[], string]>) {
+    const x = f(shape, -40, 40); // large logits: only a max-subtracted softmax stays finite
+    await check(`softmax (${path})`, 'softmax', {}, [x], tf.softmax(t(x)));
+    const z = f(shape, -3, 3);
+    const dy = f(shape);
+    const y = tf.softmax(t(z));
+    const yIn = { data: (await y.data()) as Float32Array, shape };
+    const expected = tf.grad((v: tf.Tensor) => tf.sum(tf.mul(tf.softmax(v), t(dy))))(t(z));
+    await check(`softmaxGrad (${path})`, 'softmaxGrad', {}, [yIn, dy], expected);
+    y.dispose();
+  }
 });

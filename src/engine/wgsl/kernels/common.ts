@@ -66,18 +66,24 @@ ${body}
 /**
  * WGSL statements that split the flat row-major index `idx` over `shape` and define, for each operand, `let name =`
  * the sum of coordinate * stride (strides given per dimension of `shape`; 0 on broadcast dimensions). Dimensions of
- * size 1 contribute nothing and are skipped.
+ * size 1 contribute nothing and are skipped. `tag` keeps the temporaries of two uses in one scope apart.
  */
-export function stridedOffsets(idx: string, shape: readonly number[], operands: { name: string; strides: readonly number[] }[]): string {
+export function stridedOffsets(
+  idx: string,
+  shape: readonly number[],
+  operands: { name: string; strides: readonly number[] }[],
+  tag = '',
+): string {
   const dims = shape.map((_, k) => k).filter((k) => shape[k] !== 1);
   const lines: string[] = [];
   const terms: string[][] = operands.map(() => []);
-  if (dims.length > 0) lines.push(`  var r_ = ${idx};`);
+  if (dims.length > 0) lines.push(`  var r${tag}_ = ${idx};`);
   for (let j = dims.length - 1; j >= 0; j--) {
     const k = dims[j];
-    const c = `c${k}_`;
-    if (j === 0) lines.push(`  let ${c} = r_;`);
-    else lines.push(`  let ${c} = r_ % ${u32Literal(shape[k])}; r_ = r_ / ${u32Literal(shape[k])};`);
+    const c = `c${k}${tag}_`;
+    const r = `r${tag}_`;
+    if (j === 0) lines.push(`  let ${c} = ${r};`);
+    else lines.push(`  let ${c} = ${r} % ${u32Literal(shape[k])}; ${r} = ${r} / ${u32Literal(shape[k])};`);
     operands.forEach((o, n) => {
       if (o.strides[k] !== 0) terms[n].push(o.strides[k] === 1 ? c : `${c} * ${u32Literal(o.strides[k])}`);
     });
