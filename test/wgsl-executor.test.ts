@@ -11,7 +11,9 @@ import { sizeOf } from '../src/engine/graph/ir.ts';
 import { DEFAULT_LIMITS, f32Literal, type KernelNode, type Lowered, type Lowerings } from '../src/engine/wgsl/kernel.ts';
 import { placeBlocks, planGraph, type Block, type Plan, type PlanOptions } from '../src/engine/wgsl/plan.ts';
 import { compilePlan } from '../src/engine/wgsl/executor.ts';
+import { lowerings } from '../src/engine/wgsl/lowerings.ts';
 import { createWebGPUDevice } from '../src/engine/webgpu.ts';
+import * as tf from '@tensorflow/tfjs';
 import { maxAbsDiff } from './helpers.ts';
 
 // ---- a tiny graph builder and a JS evaluator for the test op set ----
@@ -363,5 +365,41 @@ describe('executor on the software WebGPU adapter', () => {
       worst = Math.max(worst, await check(g, inputs, `seed ${seed}`));
     }
     t.diagnostic(`max abs diff over 6 random graphs: ${worst.toExponential(2)}`);
+  });
+
+  test('the real lowerings: conv2d + bias, reshape, matmul, broadcast add, swish, transpose vs tfjs cpu', async (t) => {
+    if (skip) return t.skip(skip);
+    await tf.setBackend('cpu');
+    const r = rng(7);
+    const data = (n: number) => Float32Array.from({ length: n }, () => r() - 0.5);
+    const [xd, wd, bd, md, cd] = [data(48), data(216), data(8), data(40), data(5)];
+    const nodes: Node[] = [];
+    const add = (op: OpName, inputs: number[], attrs: unknown, shape: number[]) => nodes.push({ id: nodes.length, op, inputs, attrs, shape, dtype: 'f32' } as Node) - 1;
+    const x = add('input', [], { name: 'x' }, [1, 4, 4, 3]);
+    const w = add('const', [], { data: wd }, [3, 3, 3, 8]);
+    const bias = add('const', [], { data: bd }, [8]);
+    const conv = add('conv2d', [x, w, bias], { stride: 1, pad: [1, 1, 1, 1] }, [1, 4, 4, 8]);
+    const flat = add('reshape', [conv], {}, [16, 8]);
+    const m = add('const', [], { data: md }, [8, 5]);
+    const c = add('const', [], { data: cd }, [5]);
+    const mm = add('matmul', [flat, m], { transposeA: false, transposeB: false }, [16, 5]);
+    const act = add('unary', [add('binary', [mm, c], { fn: 'add' }, [16, 5])], { fn: 'swish' }, [16, 5]);
+    const out = add('transpose', [act], { perm: [1, 0] }, [5, 16]);
+    const plan = planGraph({ nodes, outputs: { y: out } }, lowerings, DEFAULT_LIMITS, opts());
+    const compiled = await compilePlan(device!, plan);
+    try {
+      compiled.run({ x: xd });
+      const got = await compiled.read('y');
+      const want = tf.tidy(() => {
+        const y = tf.conv2d(tf.tensor4d(xd, [1, 4, 4, 3]), tf.tensor4d(wd, [3, 3, 3, 8]), 1, 'same').add(tf.tensor1d(bd));
+        const z = tf.matMul(y.reshape([16, 8]), tf.tensor2d(md, [8, 5])).add(tf.tensor1d(cd));
+        return z.mul(tf.sigmoid(z)).transpose([1, 0]).dataSync() as Float32Array;
+      });
+      const d = maxAbsDiff(got, want);
+      assert.ok(d < 1e-5, `max abs diff ${d}`);
+      t.diagnostic(`max abs diff ${d.toExponential(2)}; ${plan.dispatches.length} dispatches`);
+    } finally {
+      compiled.destroy();
+    }
   });
 });

@@ -1,0 +1,21 @@
+// Every node kind's WGSL lowering, from the kernel modules (one per family). A kind defined by two modules is a
+// mistake caught at import time rather than a silent override.
+import type { Lowerings } from './kernel.ts';
+import { lowerings as conv } from './kernels/conv.ts';
+import { lowerings as elementwise } from './kernels/elementwise.ts';
+import { lowerings as layout } from './kernels/layout.ts';
+import { lowerings as matmul } from './kernels/matmul.ts';
+import { lowerings as norm } from './kernels/norm.ts';
+
+export function mergeLowerings(...tables: Lowerings[]): Lowerings {
+  const all: Record<string, unknown> = {};
+  for (const t of tables) {
+    for (const [kind, lower] of Object.entries(t)) {
+      if (all[kind]) throw new Error(`two WGSL lowerings for ${kind}`);
+      all[kind] = lower;
+    }
+  }
+  return all as Lowerings;
+}
+
+export const lowerings: Lowerings = mergeLowerings(elementwise, layout, matmul, conv, norm);
