@@ -4,16 +4,17 @@
 import * as tf from '@tensorflow/tfjs';
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { clampWithGrad as tfClampWithGrad } from '../src/engine/gradients.ts';
+import { clampWithGrad as tfClampWithGrad, resize as tfResize } from '../src/engine/gradients.ts';
 import type { DType, OpName, Attrs } from '../src/engine/graph/ir.ts';
 import { DEFAULT_LIMITS, runLowered, type KernelLimits, type KernelNode, type Lowerings } from '../src/engine/wgsl/kernel.ts';
 import { lowerings as elementwise } from '../src/engine/wgsl/kernels/elementwise.ts';
 import { lowerings as layout } from '../src/engine/wgsl/kernels/layout.ts';
 import { lowerings as reduce } from '../src/engine/wgsl/kernels/reduce.ts';
+import { lowerings as resize } from '../src/engine/wgsl/kernels/resize.ts';
 import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 
-const all: Lowerings = { ...elementwise, ...layout, ...reduce };
+const all: Lowerings = { ...elementwise, ...layout, ...reduce, ...resize };
 
 let device: GPUDevice | undefined;
 let noDevice: string | undefined;
@@ -335,4 +336,31 @@ test('reductions: sum and max over any axes (keepDims), argmin/argmax with ties,
     await check(`softmaxGrad (${path})`, 'softmaxGrad', {}, [yIn, dy], expected);
     y.dispose();
   }
+});
+
+test('resize and resizeGrad: bilinear/bicubic, alignCorners, up/down/mixed, one axis, identity; gradient = tf.grad', async (ctx) => {
+  if (!device) return ctx.skip(noDevice);
+  const cases: Array<[number[], number, number]> = [
+    [[1, 5, 7, 2], 9, 4], // H up, W down
+    [[2, 8, 6, 3], 3, 13], // H down, W up
+    [[1, 3, 4, 1], 20, 17], // strong upscale: many outputs clamp onto the border pixels
+    [[1, 6, 5, 2], 6, 9], // W only
+    [[1, 7, 3, 2], 2, 3], // H only
+    [[1, 4, 5, 1], 1, 1], // a single output pixel
+  ];
+  for (const mode of ['bilinear', 'bicubic'] as const) {
+    for (const alignCorners of [false, true]) {
+      for (const [shape, oh, ow] of cases) {
+        const attrs = { mode, alignCorners };
+        const x = f(shape);
+        const path = `${mode}${alignCorners ? ' align' : ''}`;
+        await check(`resize ${path}`, 'resize', attrs, [x], tfResize(t(x) as tf.Tensor4D, oh, ow, attrs));
+        const dy = f([shape[0], oh, ow, shape[3]]);
+        const expected = tf.grad((v: tf.Tensor) => tf.sum(tf.mul(tfResize(v as tf.Tensor4D, oh, ow, attrs), t(dy))))(t(x));
+        await check(`resizeGrad ${path}`, 'resizeGrad', attrs, [dy], expected);
+      }
+    }
+  }
+  const same = all.resize!({ op: 'resize', attrs: { mode: 'bicubic', alignCorners: false }, inputs: [{ shape: [1, 4, 4, 2], dtype: 'f32' }], output: { shape: [1, 4, 4, 2], dtype: 'f32' } }, DEFAULT_LIMITS);
+  assert.deepEqual(same, { dispatches: [], alias: 0 });
 });
