@@ -7,11 +7,11 @@
 // are WGSL constants, so the compiler turns the divisions by them into multiplies).
 //
 // Two kernels:
-// - tiled: a 64x64 output tile per workgroup of 16x16 threads, each thread 4x4 outputs in strided rows/columns
-//   (rows ty + 16i, columns tx + 16j: the shared-memory reads of a warp are contiguous and the stores coalesce),
-//   K in steps of 16 through workgroup memory (2 tiles of 16x64 floats, ~8 KiB, under the 16 KiB default). Tile
-//   loads put consecutive threads on the operand's contiguous axis (`aFast`/`bFast`) so global reads coalesce; a
-//   tile loaded k-fast is stored with a row pitch of 65 so that those writes do not all hit one bank.
+// - tiled: a 64x64 output tile per workgroup of 16x16 threads, each thread a 4x4 block (rows 4ty.., columns 4tx..),
+//   K in steps of 16 through workgroup memory (2 tiles of 16x64 floats, ~8 KiB, under the 16 KiB default) held as
+//   vec4s, so each k step of the inner loop is 2 vec4 loads for 16 multiply-adds. Tile loads put consecutive threads
+//   on the operand's contiguous axis (`aFast`/`bFast`) so global reads coalesce; a tile loaded k-fast is stored with
+//   a row pitch of 68 floats (not 64) so that those scalar writes spread over banks instead of all hitting one.
 // - simple: one thread per output, a plain K loop. For tiny products and matrix-vector shapes (M or N below a few
 //   rows), where a 64x64 tile would be mostly padding and the launch/barrier overhead dominates.
 // Element type is f32 throughout; an f16 variant would swap the workgroup arrays and accumulators (`ELEM`/`ACC`
@@ -90,9 +90,9 @@ function tiledGemm(s: GemmSpec, limits: KernelLimits): Dispatch {
   const gy = Math.min(total, maxDim);
   const gz = Math.ceil(total / gy);
   if (gz > maxDim) throw new Error(`${s.label}: ${total} row tiles is too many`);
-  // Workgroup tiles are [k][m] and [k][n]; pitch 65 when the tile is filled k-fast (see the header).
-  const aPitch = s.aFast === 'k' ? TM + 1 : TM;
-  const bPitch = s.bFast === 'k' ? TN + 1 : TN;
+  // Workgroup tiles are [k][m] and [k][n] in vec4s; one vec4 of padding per row when filled k-fast (see the header).
+  const aPitch = s.aFast === 'k' ? TM / 4 + 1 : TM / 4;
+  const bPitch = s.bFast === 'k' ? TN / 4 + 1 : TN / 4;
   const threads = TX * TY;
   const loads = (TM * TK) / threads; // = (TN * TK) / threads = 4
   // Tile coordinates (row of the tile along m or n, column along k) loaded by thread li in its load number r.
@@ -109,8 +109,8 @@ const GN = ${s.N}u;
 const GK = ${s.K}u;
 const M_TILES = ${mTiles}u;
 const TOTAL = ${total}u;
-var<workgroup> As: array<${ELEM}, ${TK * aPitch}>;
-var<workgroup> Bs: array<${ELEM}, ${TK * bPitch}>;
+var<workgroup> As: array<vec4<${ELEM}>, ${TK * aPitch}>;
+var<workgroup> Bs: array<vec4<${ELEM}>, ${TK * bPitch}>;
 @compute @workgroup_size(${TX}, ${TY})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -127,26 +127,25 @@ ${rows.map((i) => `  var acc${i} = vec4<f32>(0.0);`).join('\n')}
       let ka = ${a.kk};
       var va = 0.0;
       if (m0 + mm < GM && k0 + ka < GK) { va = loadA(bz, m0 + mm, k0 + ka); }
-      As[ka * ${aPitch}u + mm] = va;
+      As[ka * ${aPitch}u + mm / 4u][mm % 4u] = va;
       let nn = ${b.outer};
       let kb = ${b.kk};
       var vb = 0.0;
       if (n0 + nn < GN && k0 + kb < GK) { vb = loadB(bz, k0 + kb, n0 + nn); }
-      Bs[kb * ${bPitch}u + nn] = vb;
+      Bs[kb * ${bPitch}u + nn / 4u][nn % 4u] = vb;
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${TK}u; kk++) {
-      let ar = kk * ${aPitch}u + lid.y;
-      let br = kk * ${bPitch}u + lid.x;
-      let b = vec4<f32>(${rows.map((j) => `Bs[br + ${j * TX}u]`).join(', ')});
-${rows.map((i) => `      acc${i} = fma(vec4<f32>(As[ar + ${i * TY}u]), b, acc${i});`).join('\n')}
+      let a = As[kk * ${aPitch}u + lid.y];
+      let b = Bs[kk * ${bPitch}u + lid.x];
+${rows.map((i) => `      acc${i} = fma(vec4<f32>(a[${i}]), b, acc${i});`).join('\n')}
     }
     workgroupBarrier();
   }
 ${rows
   .map((i) =>
     rows
-      .map((j) => `  if (m0 + lid.y + ${i * TY}u < GM && n0 + lid.x + ${j * TX}u < GN) { store(bz, m0 + lid.y + ${i * TY}u, n0 + lid.x + ${j * TX}u, acc${i}[${j}]); }`)
+      .map((j) => `  if (m0 + ${PER}u * lid.y + ${i}u < GM && n0 + ${PER}u * lid.x + ${j}u < GN) { store(bz, m0 + ${PER}u * lid.y + ${i}u, n0 + ${PER}u * lid.x + ${j}u, acc${i}[${j}]); }`)
       .join('\n'),
   )
   .join('\n')}
