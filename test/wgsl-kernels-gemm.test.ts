@@ -2,7 +2,7 @@
 // time on a raw Dawn device (the software adapter here: Dawn OpenGL ES on llvmpipe) and compared with the tfjs cpu
 // backend: tf.matMul, tf.conv2d, tf.grad of conv2d w.r.t. x, and tfOps.groupNorm/layerNorm (src/engine/tfjs-ops.ts)
 // with their tf.grad. Shapes are small and odd (not multiples of the 64x64x16 tiles), and chosen so that each kernel
-// variant (tiled / simple GEMM, 1x1, patch and phase-split conv gradients, fused / two-pass norms) runs at least
+// variant (tiled / skinny / simple GEMM, 1x1, patch and phase-split conv gradients, fused / two-pass norms) runs at least
 // once; the dispatch labels are checked to prove it.
 import assert from 'node:assert/strict';
 import { after, before, describe, test, type TestContext } from 'node:test';
@@ -86,6 +86,10 @@ describe('matmul', () => {
     [[2, 70, 33], [80, 33], false, true, /tiled/],
     [[3, 9, 17], [17, 5], false, false, /simple/],
     [[1, 100], [100, 130], false, false, /simple/],
+    [[3, 300], [300, 130], false, false, /skinny/],
+    [[2, 2, 200], [2, 150, 200], false, true, /skinny 2x2x150x200/],
+    [[2, 70, 1], [2, 70, 600], true, false, /skinny/],
+    [[300, 40], [40, 3], false, false, /simple 1x300x3x40/],
     [[65, 3], [65, 7], true, false, /simple/],
   ];
   for (const [as, bs, ta, tb, variant] of cases) {

@@ -12,8 +12,9 @@
 //   vec4s, so each k step of the inner loop is 2 vec4 loads for 16 multiply-adds. Tile loads put consecutive threads
 //   on the operand's contiguous axis (`aFast`/`bFast`) so global reads coalesce; a tile loaded k-fast is stored with
 //   a row pitch of 68 floats (not 64) so that those scalar writes spread over banks instead of all hitting one.
-// - simple: one thread per output, a plain K loop. For tiny products and matrix-vector shapes (M or N below a few
-//   rows), where a 64x64 tile would be mostly padding and the launch/barrier overhead dominates.
+// - skinny: M <= 4 rows (matrix-vector shapes), K split over the threads of a workgroup (see skinnyGemm).
+// - simple: one thread per output, a plain K loop. For tiny products and N <= 4 columns, where a 64x64 tile would be
+//   mostly padding and the launch/barrier overhead dominates.
 // Element type is f32 throughout; an f16 variant would swap the workgroup arrays and accumulators (`ELEM`/`ACC`
 // below) and the bindings' element type.
 import { grid1d, type Dispatch, type KernelLimits } from '../kernel.ts';
@@ -43,17 +44,76 @@ const PER = 4;
 
 const ELEM = 'f32';
 
-/** Below this many multiply-adds (all batches) the simple kernel is used; also when M or N is at most SKINNY. */
+/** Below this many multiply-adds (all batches) the simple kernel is used; also when N is at most SKINNY. */
 const SMALL_MACS = 1 << 16;
+/** Up to this many rows (one vec4 of accumulators), the skinny kernel; also the simple kernel's N bound. */
 const SKINNY = 4;
 
-export function useSimpleGemm(s: Pick<GemmSpec, 'M' | 'N' | 'K' | 'batch'>): boolean {
-  return s.M * s.N * s.K * s.batch <= SMALL_MACS || s.M <= SKINNY || s.N <= SKINNY;
+/** One dispatch computing the GEMM (tiled, skinny or simple, by shape). */
+export function gemmDispatch(s: GemmSpec, limits: KernelLimits): Dispatch {
+  if (s.M * s.N * s.K * s.batch <= SMALL_MACS || s.N <= SKINNY) return simpleGemm(s, limits);
+  if (s.M <= SKINNY) return skinnyGemm(s, limits);
+  return tiledGemm(s, limits);
 }
 
-/** One dispatch computing the GEMM (tiled or simple, by size). */
-export function gemmDispatch(s: GemmSpec, limits: KernelLimits): Dispatch {
-  return useSimpleGemm(s) ? simpleGemm(s, limits) : tiledGemm(s, limits);
+/**
+ * A tile grid of `tiles` workgroups along x times `batch` along y (then z): WGSL that sets `bz` and returns early
+ * (uniformly) past the end, and the launch size.
+ */
+function batchGrid(tiles: number, batch: number, label: string, limits: KernelLimits): { wgsl: string; workgroups: [number, number, number] } {
+  const maxDim = limits.maxWorkgroupsPerDimension;
+  if (tiles > maxDim) throw new Error(`${label}: ${tiles} column tiles is too many`);
+  const gy = Math.min(batch, maxDim);
+  const gz = Math.ceil(batch / gy);
+  if (gz > maxDim) throw new Error(`${label}: batch ${batch} is too large`);
+  return { wgsl: `let bz = wid.y + wid.z * nwg.y;\n  if (bz >= ${batch}u) { return; }`, workgroups: [tiles, gy, gz] };
+}
+
+/**
+ * M <= 4 rows (matrix-vector products: GPT decoding at batch 1, attention of one query): a workgroup computes COLS
+ * columns for all rows, its 256 threads split K into SLICES interleaved slices (k = slice + SLICES*i) whose partial
+ * sums are added in workgroup memory: SLICES times the threads of the simple kernel (one per output, each looping
+ * over all of K), so a weight-streaming product keeps the whole GPU busy. Consecutive threads read consecutive
+ * elements of B (columns when B is [K, N], k when it is [N, K], hence the two thread layouts).
+ */
+function skinnyGemm(s: GemmSpec, limits: KernelLimits): Dispatch {
+  const WG = 256;
+  const [COLS, SLICES] = s.bFast === 'n' ? [32, 8] : [8, 32];
+  // Thread li's column and slice, and the workgroup-memory index of (slice, column) partial sums.
+  const col = s.bFast === 'n' ? `li % ${COLS}u` : `li / ${SLICES}u`;
+  const slice = s.bFast === 'n' ? `li / ${COLS}u` : `li % ${SLICES}u`;
+  const at = (sl: string) => (s.bFast === 'n' ? `(${sl}) * ${COLS}u + c` : `c * ${SLICES}u + ${sl}`);
+  const grid = batchGrid(Math.ceil(s.N / COLS), s.batch, s.label, limits);
+  const rows = [...Array(s.M).keys()];
+  const halvings = [...Array(Math.log2(SLICES)).keys()].map((i) => SLICES >> (i + 1));
+  const code = /* wgsl */ `${s.prelude}
+const GM = ${s.M}u;
+const GN = ${s.N}u;
+const GK = ${s.K}u;
+var<workgroup> part: array<vec4<f32>, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  ${grid.wgsl}
+  let c = ${col};
+  let sl = ${slice};
+  let n = wid.x * ${COLS}u + c;
+  var acc = vec4<f32>(0.0);
+  if (n < GN) {
+    for (var k = sl; k < GK; k += ${SLICES}u) {
+      let b = loadB(bz, k, n);
+${rows.map((r) => `      acc[${r}] = fma(loadA(bz, ${r}u, k), b, acc[${r}]);`).join('\n')}
+    }
+  }
+  part[${at('sl')}] = acc;
+  workgroupBarrier();
+${halvings.map((h) => `  if (sl < ${h}u) { part[${at('sl')}] += part[${at(`sl + ${h}u`)}]; }\n  workgroupBarrier();`).join('\n')}
+  if (sl == 0u && n < GN) {
+    let total = part[${at('0u')}];
+${rows.map((r) => `    store(bz, ${r}u, n, total[${r}]);`).join('\n')}
+  }
+}
+`;
+  return { code, bindings: s.bindings, workgroups: grid.workgroups, label: `${s.label} [skinny ${s.batch}x${s.M}x${s.N}x${s.K}]` };
 }
 
 function simpleGemm(s: GemmSpec, limits: KernelLimits): Dispatch {
