@@ -4,17 +4,18 @@
 import * as tf from '@tensorflow/tfjs';
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { clampWithGrad as tfClampWithGrad, resize as tfResize } from '../src/engine/gradients.ts';
+import { clampWithGrad as tfClampWithGrad, gatherRows as tfGatherRows, resize as tfResize } from '../src/engine/gradients.ts';
 import type { DType, OpName, Attrs } from '../src/engine/graph/ir.ts';
 import { DEFAULT_LIMITS, runLowered, type KernelLimits, type KernelNode, type Lowerings } from '../src/engine/wgsl/kernel.ts';
 import { lowerings as elementwise } from '../src/engine/wgsl/kernels/elementwise.ts';
+import { DIRECT_MAX, lowerings as gather } from '../src/engine/wgsl/kernels/gather.ts';
 import { lowerings as layout } from '../src/engine/wgsl/kernels/layout.ts';
 import { lowerings as reduce } from '../src/engine/wgsl/kernels/reduce.ts';
 import { lowerings as resize } from '../src/engine/wgsl/kernels/resize.ts';
 import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 
-const all: Lowerings = { ...elementwise, ...layout, ...reduce, ...resize };
+const all: Lowerings = { ...elementwise, ...gather, ...layout, ...reduce, ...resize };
 
 let device: GPUDevice | undefined;
 let noDevice: string | undefined;
@@ -105,7 +106,7 @@ async function check<K extends OpName>(
  * Limits with a tiny grid dimension: launches spread over y (and per-group kernels over many rows) already at small
  * sizes. (The real 65535 limit needs 2^24 invocations: half a minute on the software adapter.)
  */
-const TINY_GRID: KernelLimits = { ...DEFAULT_LIMITS, maxWorkgroupsPerDimension: 8 };
+const TINY_GRID: KernelLimits = { ...DEFAULT_LIMITS, maxWorkgroupsPerDimension: 16 };
 
 const t = (x: In) => (x.data instanceof Int32Array ? tf.tensor(x.data, x.shape, 'int32') : tf.tensor(x.data, x.shape));
 const f = (shape: number[], lo?: number, hi?: number): In => ({ data: uniform(shape, lo, hi), shape });
@@ -139,7 +140,7 @@ test('unary: every UnaryFn, ranks 0-5, a launch spread over y', async (ctx) => {
       await check(`unary ${attrs.fn}`, 'unary', attrs, [x], ref(t(x)));
     }
   }
-  const big = f([3001]); // 12 workgroups of 256 with at most 8 per dimension: an 8 x 2 grid, partly idle
+  const big = f([5001]); // 20 workgroups of 256 with at most 16 per dimension: a 16 x 2 grid, partly idle
   await check('unary (y grid)', 'unary', { fn: 'exp' }, [big], tf.exp(t(big)), { limits: TINY_GRID });
 });
 
@@ -227,7 +228,7 @@ test('layout: reshape, transpose (any perm), slice, pad, upsample2x, concat (any
   }
   const xi = { data: ints(60, 1000), shape: [3, 4, 5] };
   await check('transpose i32', 'transpose', { perm: [2, 1, 0] }, [xi], tf.transpose(t(xi), [2, 1, 0]));
-  const tb = f([7, 9, 11]);
+  const tb = f([17, 19, 23]);
   await check('transpose (y grid)', 'transpose', { perm: [1, 2, 0] }, [tb], tf.transpose(t(tb), [1, 2, 0]), { limits: TINY_GRID });
 
   const slices: Array<[number[], number[], number[]]> = [
@@ -304,7 +305,7 @@ test('reductions: sum and max over any axes (keepDims), argmin/argmax with ties,
       await check(`max (${path})`, 'max', { axes, keepDims }, [x], tf.max(t(x), axes, keepDims));
     }
   }
-  const rows = f([20, 70]); // 20 workgroups over a grid of at most 8 per dimension
+  const rows = f([20, 70]); // 20 workgroups over a grid of at most 16 per dimension
   await check('sum (tree, y grid)', 'sum', { axes: [1], keepDims: false }, [rows], tf.sum(t(rows), 1), { limits: TINY_GRID });
 
   // Few distinct values: many ties, which must go to the first index.
@@ -364,3 +365,60 @@ test('resize and resizeGrad: bilinear/bicubic, alignCorners, up/down/mixed, one 
   const same = all.resize!({ op: 'resize', attrs: { mode: 'bicubic', alignCorners: false }, inputs: [{ shape: [1, 4, 4, 2], dtype: 'f32' }], output: { shape: [1, 4, 4, 2], dtype: 'f32' } }, DEFAULT_LIMITS);
   assert.deepEqual(same, { dispatches: [], alias: 0 });
 });
+
+test('gatherRows, oneHot, gatherRowsGrad (direct loop and radix-sorted row sums, 1-3 passes)', async (ctx) => {
+  if (!device) return ctx.skip(noDevice);
+  for (const [n, d, m] of [[10, 3, 17], [5, 1, 9], [40, 7, 300]]) {
+    const table = f([n, d]);
+    const idx = { data: ints(m, n), shape: [m] };
+    await check('gatherRows', 'gatherRows', {}, [table, idx], tf.gather(t(table), t(idx)));
+    await check('oneHot', 'oneHot', { depth: n }, [idx], tf.cast(tf.oneHot(t(idx) as tf.Tensor1D, n), 'float32'));
+  }
+  const gt = f([30, 4]);
+  const gi = { data: ints(1500, 30), shape: [1500] };
+  await check('gatherRows (y grid)', 'gatherRows', {}, [gt, gi], tf.gather(t(gt), t(gi)), { limits: TINY_GRID });
+
+  // [M, N, D, share of the indices pointing at row 0 (one long run)]
+  const grads: Array<[number, number, number, number, string]> = [
+    [17, 10, 3, 0, 'direct'],
+    [DIRECT_MAX, 300, 2, 0.5, 'direct'],
+    [DIRECT_MAX + 1, 200, 3, 0, 'sorted, 1 pass'],
+    [3000, 255, 3, 0, 'sorted, 1 pass'],
+    [5000, 1000, 2, 0.3, 'sorted, 2 passes'],
+    [600, 70000, 1, 0.1, 'sorted, 3 passes'],
+  ];
+  for (const [m, n, d, share, path] of grads) {
+    const dy = f([m, d]);
+    const idx = { data: Int32Array.from(ints(m, n), (v) => (rand() < share ? 0 : v)), shape: [m] };
+    let expected: tf.Tensor;
+    if (n <= 300) {
+      const table = tf.zeros([n, d]);
+      expected = tf.grad((v: tf.Tensor) => tf.sum(tf.mul(tfGatherRows(v as tf.Tensor2D, t(idx) as tf.Tensor1D), t(dy))))(table);
+      table.dispose();
+    } else {
+      expected = rowSums(dy, idx, n);
+    }
+    await check(`gatherRowsGrad (${path})`, 'gatherRowsGrad', {}, [dy, idx], expected);
+  }
+  // Blocks and the scan spread over y; the same result.
+  const dy = f([5000, 2]);
+  const idx = { data: ints(5000, 700), shape: [5000] };
+  await check('gatherRowsGrad (sorted, y grid)', 'gatherRowsGrad', {}, [dy, idx], rowSums(dy, idx, 700), { limits: TINY_GRID });
+  // Deterministic: no atomics on floats, a fixed summation order (increasing m per row).
+  const once = await runNode('gatherRowsGrad', {}, [dy, idx], [700, 2]);
+  const again = await runNode('gatherRowsGrad', {}, [dy, idx], [700, 2]);
+  assert.deepEqual(new Uint32Array(again.buffer), new Uint32Array(once.buffer));
+});
+
+/**
+ * The row sums in float64 on the host: tfjs cpu's segment sum makes a pass over all indices per row, too slow
+ * for a thousand rows.
+ */
+function rowSums(dy: In, idx: In, n: number): tf.Tensor {
+  const d = dy.shape[1];
+  const sums = new Float64Array(n * d);
+  idx.data.forEach((r, k) => {
+    for (let c = 0; c < d; c++) sums[r * d + c] += dy.data[k * d + c];
+  });
+  return tf.tensor(Float32Array.from(sums), [n, d]);
+}
