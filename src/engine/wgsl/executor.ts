@@ -36,6 +36,11 @@ export interface CompiledGraph {
   destroy(): void;
   /** performance.now() around the last run's input writes + encoding + submit (not GPU time). */
   readonly lastRunHostMs: number;
+  /**
+   * The same without queue.submit: input writes + encoding only. Differs from lastRunHostMs on Dawn's OpenGL ES
+   * backend (the software adapter), whose submit replays the commands as GL calls and llvmpipe runs them there.
+   */
+  readonly lastEncodeMs: number;
   readonly stats: { dispatches: number; pipelines: number; bindGroups: number; buffers: number; arenaBytes: number; constBytes: number };
 }
 
@@ -112,6 +117,7 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
   const staging = new Map<string, GPUBuffer>();
   let pending: Promise<GPUError | null> | undefined;
   let lastRunHostMs = 0;
+  let lastEncodeMs = 0;
 
   const copy = (enc: GPUCommandEncoder, from: Slot, to: GPUBuffer, toOffset: number) =>
     enc.copyBufferToBuffer(buffers[from.buffer], from.offset, to, toOffset, from.size);
@@ -150,7 +156,9 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
         pass.end();
       }
       for (const c of carry) copy(enc, c.from, buffers[c.to.buffer], c.to.offset);
-      device.queue.submit([enc.finish()]);
+      const commands = enc.finish();
+      lastEncodeMs = performance.now() - t0;
+      device.queue.submit([commands]);
       const err = device.popErrorScope();
       const prev = pending;
       pending = prev ? Promise.all([prev, err]).then(([a, b]) => a ?? b) : err;
@@ -200,6 +208,10 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
 
     get lastRunHostMs() {
       return lastRunHostMs;
+    },
+
+    get lastEncodeMs() {
+      return lastEncodeMs;
     },
 
     stats: {

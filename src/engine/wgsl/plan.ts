@@ -100,29 +100,42 @@ const alignUp = (x: number, a: number): number => Math.ceil(x / a) * a;
 /**
  * Greedy placement of blocks with lifetimes: largest first (ties: earliest start), each at the lowest aligned offset
  * of the first arena of its group where it overlaps no block live at the same time; a new arena when none has room
- * under `cap`. Quadratic in the number of blocks of a group (fine for tens of thousands).
+ * under `cap`. Placed blocks are indexed by time buckets, so finding the blocks live with a new one costs about the
+ * number of those blocks, not of all blocks.
  */
 export function placeBlocks(blocks: readonly Block[], alignment: number, cap: number): Placement {
   const order = blocks.map((_, i) => i).sort((a, b) => blocks[b].size - blocks[a].size || blocks[a].start - blocks[b].start);
   const at: Placement['at'] = new Array(blocks.length);
   const arenaSizes: number[] = [];
   const arenaGroup: number[] = [];
-  const placed: number[][] = []; // per arena, indices of placed blocks
+  const horizon = blocks.reduce((m, b) => Math.max(m, b.end), 0) + 1;
+  const width = Math.max(1, Math.ceil(horizon / 1024));
+  const buckets: number[][][] = []; // per arena, per time bucket: placed blocks live in it
+  const seen = new Int32Array(blocks.length).fill(-1); // last query that collected a block (dedupe across buckets)
+  let query = 0;
   for (const i of order) {
     const b = blocks[i];
     const size = alignUp(b.size, alignment);
     if (size > cap) throw new Error(`a block of ${b.size} bytes exceeds the buffer size limit ${cap}`);
-    let arena = 0;
-    for (; ; arena++) {
-      if (arena === placed.length) {
-        placed.push([]);
+    const lo = Math.floor(b.start / width);
+    const hi = Math.floor(b.end / width);
+    for (let arena = 0; ; arena++) {
+      if (arena === buckets.length) {
+        buckets.push(Array.from({ length: Math.ceil(horizon / width) }, () => []));
         arenaSizes.push(0);
         arenaGroup.push(b.group);
       }
       if (arenaGroup[arena] !== b.group) continue;
-      const busy = placed[arena]
-        .filter((j) => blocks[j].start <= b.end && b.start <= blocks[j].end)
-        .sort((p, q) => at[p].offset - at[q].offset);
+      const busy: number[] = [];
+      query++;
+      for (let k = lo; k <= hi; k++) {
+        for (const j of buckets[arena][k]) {
+          if (seen[j] === query) continue;
+          seen[j] = query;
+          if (blocks[j].start <= b.end && b.start <= blocks[j].end) busy.push(j);
+        }
+      }
+      busy.sort((p, q) => at[p].offset - at[q].offset);
       let offset = 0;
       for (const j of busy) {
         if (offset + size <= at[j].offset) break;
@@ -130,7 +143,7 @@ export function placeBlocks(blocks: readonly Block[], alignment: number, cap: nu
       }
       if (offset + size > cap) continue;
       at[i] = { arena, offset };
-      placed[arena].push(i);
+      for (let k = lo; k <= hi; k++) buckets[arena][k].push(i);
       arenaSizes[arena] = Math.max(arenaSizes[arena], offset + size);
       break;
     }
