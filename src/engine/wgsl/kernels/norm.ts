@@ -2,19 +2,23 @@
 // channel": groupNorm's group is (b, g) over (H, W, C/groups) of NHWC x; layerNorm's is one row of the last axis,
 // i.e. groupNorm with B = rows, H*W = 1, one group. One generator serves the four node kinds.
 //
-// Statistics: one workgroup per group, two passes over the group (mean, then the biased variance of x - mean: more
-// accurate than E[x^2] - mean^2 or a float32 Welford merge), tree reductions in workgroup memory.
+// Statistics: two passes over the elements (mean, then the sum of squared deviations from it: more accurate than
+// E[x^2] - mean^2), tree reductions in workgroup memory.
 // Gradient (gamma, beta are never differentiated here): with xhat = (x - mean) * rstd and g = dy * gamma[c],
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))          (means over the group)
-// so the gradient's statistics pass adds a third pass for the two means of g.
-// Small groups (layerNorm rows, small feature maps) are finished by the same workgroup (one dispatch); large groups
-// (a VQGAN feature map: 256x256x4 per group, 32 groups) write their statistics to scratch and an elementwise
-// dispatch spreads the normalization over the whole GPU.
+// so the gradient's statistics add a third pass for sum g and sum g (x - mean).
+// Groups of up to CHUNK elements (layerNorm rows, small feature maps): one workgroup per group does everything (one
+// dispatch). Larger groups (a VQGAN feature map: 256x256x4 per group, only 32 groups) are split into chunks, one
+// workgroup each, whose partial statistics (centred on the chunk's mean) are merged per group by a small dispatch;
+// an elementwise dispatch then normalizes, so the whole GPU works on every pass.
 import { f32Literal, grid1d, type Dispatch, type KernelLimits, type KernelNode, type Lowered, type Lowerings } from '../kernel.ts';
 import { sizeOf } from '../../graph/ir.ts';
 
-/** Groups up to this many elements are normalized by the workgroup that computed their statistics. */
-export const FUSED_GROUP_MAX = 4096;
+/**
+ * Groups up to this many elements are normalized by the workgroup that computed their statistics; larger ones are
+ * split into chunks of this size, one workgroup each, so that a few huge groups still fill the GPU.
+ */
+const CHUNK = 4096;
 const WG = 256;
 /** The tree reduction's steps, unrolled: 128, 64, ..., 1. */
 const halvings = [...Array(Math.log2(WG)).keys()].map((i) => WG >> (i + 1));
@@ -43,7 +47,7 @@ function bindingsWgsl(d: NormDims, xOnly: boolean, rest: string[]): { code: stri
     ].join('\n'),
     bindings: [
       ...names.map((_, i) => ({ input: i })),
-      ...rest.map((n) => (n === 'nStats' ? { scratch: 0 } : { output: true as const })),
+      ...rest.map((n) => (n === 'nPart' ? { scratch: 0 } : n === 'nStats' ? { scratch: 1 } : { output: true as const })),
     ],
   };
 }
@@ -81,62 +85,111 @@ ${halvings.map((h) => `  if (li < ${h}u) { red${r}[li] += red${r}[li + ${h}u]; }
   return red${r}[0];
 }`;
 
-/** The statistics kernel (one workgroup per group); `fused` also writes the output, else stats to scratch. */
-function statsKernel(d: NormDims, fused: boolean, limits: KernelLimits): Dispatch {
-  const rows = d.B * d.G;
-  const gx = Math.min(rows, limits.maxWorkgroupsPerDimension);
-  const gy = Math.ceil(rows / gx);
-  const io = bindingsWgsl(d, !fused && !d.grad, [fused ? 'nOut' : 'nStats']);
+/**
+ * The statistics kernel: one workgroup per (group, chunk of CHUNK elements), `chunks` per group. Over its elements it
+ * computes, centred on its own mean (so that chunks combine without cancellation): mean_c, M2_c = sum (x - mean_c)^2,
+ * and for the gradient Sg_c = sum g, Sgx_c = sum g (x - mean_c). With one chunk per group (`fused`) it finishes the
+ * job and writes the output; otherwise it writes those four partials to scratch 0 for combineKernel.
+ */
+function statsKernel(d: NormDims, chunks: number, limits: KernelLimits): Dispatch {
+  const fused = chunks === 1;
+  const launches = d.B * d.G * chunks;
+  const gx = Math.min(launches, limits.maxWorkgroupsPerDimension);
+  const gy = Math.ceil(launches / gx);
+  const io = bindingsWgsl(d, !fused && !d.grad, [fused ? 'nOut' : 'nPart']);
   const code = /* wgsl */ `${io.code}
 ${constants(d)}
+const CHUNKS = ${chunks}u;
+const CHUNK = ${fused ? d.HW * (d.C / d.G) : CHUNK}u;
 ${(d.grad ? [0, 1, 2] : [0, 1]).map(reduction).join('\n')}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= ROWS) { return; }
+  let flat = wid.x + wid.y * nwg.x;
+  if (flat >= ROWS * CHUNKS) { return; }
+  let row = flat / CHUNKS;
+  let first = (flat % CHUNKS) * CHUNK;
+  let end = min(first + CHUNK, GROUP);
+  let inv = 1.0 / f32(end - first);
   // Element e of group (b, g) lies at pixel e / CG, channel g*CG + e % CG.
   let base = (row / G) * HW * C + (row % G) * CG;
   var s = 0.0;
-  for (var e = li; e < GROUP; e += ${WG}u) { s += nX[base + (e / CG) * C + e % CG]; }
-  let mean = total0(vec2<f32>(s, 0.0), li).x * INV_N;
+  for (var e = first + li; e < end; e += ${WG}u) { s += nX[base + (e / CG) * C + e % CG]; }
+  let mean = total0(vec2<f32>(s, 0.0), li).x * inv;
   var q = 0.0;
-  for (var e = li; e < GROUP; e += ${WG}u) {
+  for (var e = first + li; e < end; e += ${WG}u) {
     let dev = nX[base + (e / CG) * C + e % CG] - mean;
     q += dev * dev;
   }
-  let rstd = inverseSqrt(total1(vec2<f32>(q, 0.0), li).x * INV_N + EPS);
+  let m2 = total1(vec2<f32>(q, 0.0), li).x;
 ${
   d.grad
     ? /* wgsl */ `  var sg = vec2<f32>(0.0);
-  for (var e = li; e < GROUP; e += ${WG}u) {
+  for (var e = first + li; e < end; e += ${WG}u) {
     let i = base + (e / CG) * C + e % CG;
     let g = nDy[i] * nGamma[(row % G) * CG + e % CG];
-    sg += vec2<f32>(g, g * (nX[i] - mean) * rstd);
+    sg += vec2<f32>(g, g * (nX[i] - mean));
   }
-  let means = total2(sg, li) * INV_N;
-  let mg = means.x;
-  let mgx = means.y;`
+  let sums = total2(sg, li);`
     : ''
 }
 ${
   fused
-    ? /* wgsl */ `  for (var e = li; e < GROUP; e += ${WG}u) {
+    ? /* wgsl */ `  let rstd = inverseSqrt(m2 * INV_N + EPS);
+${d.grad ? '  let mg = sums.x * INV_N;\n  let mgx = sums.y * rstd * INV_N;' : ''}
+  for (var e = li; e < GROUP; e += ${WG}u) {
     let i = base + (e / CG) * C + e % CG;
     let c = (row % G) * CG + e % CG;
     nOut[i] = ${outputExpr(d.grad)};
   }`
     : /* wgsl */ `  if (li == 0u) {
-    nStats[row * 4u] = mean;
-    nStats[row * 4u + 1u] = rstd;
-${d.grad ? '    nStats[row * 4u + 2u] = mg;\n    nStats[row * 4u + 3u] = mgx;' : ''}
+    nPart[flat * 4u] = mean;
+    nPart[flat * 4u + 1u] = m2;
+${d.grad ? '    nPart[flat * 4u + 2u] = sums.x;\n    nPart[flat * 4u + 3u] = sums.y;' : ''}
   }`
 }
 }
 `;
-  return { code, bindings: io.bindings, workgroups: [gx, gy, 1], label: `${d.label} ${fused ? 'fused' : 'stats'}` };
+  return { code, bindings: io.bindings, workgroups: [gx, gy, 1], label: `${d.label} ${fused ? 'fused' : `stats ${chunks} chunks`}` };
 }
 
-/** The elementwise pass after statsKernel(fused = false): one thread per element. */
+/**
+ * One thread per group: merges the chunks' partials (Chan et al.: M2 = sum M2_c + n_c (mean_c - mean)^2, and
+ * likewise sum g (x - mean) = sum Sgx_c + (mean_c - mean) Sg_c) into scratch 1: mean, rstd, mean(g), mean(g xhat).
+ */
+function combineKernel(d: NormDims, chunks: number, limits: KernelLimits): Dispatch {
+  const rows = d.B * d.G;
+  const code = /* wgsl */ `
+@group(0) @binding(0) var<storage, read_write> nPart: array<f32>;
+@group(0) @binding(1) var<storage, read_write> nStats: array<f32>;
+${constants(d)}
+const CHUNKS = ${chunks}u;
+const CHUNK = ${CHUNK}u;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let row = gid.x + gid.y * (nwg.x * 64u);
+  if (row >= ROWS) { return; }
+  let p = row * CHUNKS * 4u;
+  var mean = 0.0;
+  for (var c = 0u; c < CHUNKS; c++) { mean += nPart[p + c * 4u] * f32(min(CHUNK, GROUP - c * CHUNK)); }
+  mean *= INV_N;
+  var m2 = 0.0;
+  var sg = vec2<f32>(0.0);
+  for (var c = 0u; c < CHUNKS; c++) {
+    let dm = nPart[p + c * 4u] - mean;
+    m2 += nPart[p + c * 4u + 1u] + f32(min(CHUNK, GROUP - c * CHUNK)) * dm * dm;
+${d.grad ? '    sg += vec2<f32>(nPart[p + c * 4u + 2u], nPart[p + c * 4u + 3u] + dm * nPart[p + c * 4u + 2u]);' : ''}
+  }
+  let rstd = inverseSqrt(m2 * INV_N + EPS);
+  nStats[row * 4u] = mean;
+  nStats[row * 4u + 1u] = rstd;
+  nStats[row * 4u + 2u] = sg.x * INV_N;
+  nStats[row * 4u + 3u] = sg.y * rstd * INV_N;
+}
+`;
+  return { code, bindings: [{ scratch: 0 }, { scratch: 1 }], workgroups: grid1d(rows, 64, limits), label: `${d.label} combine` };
+}
+
+/** The elementwise pass after combineKernel: one thread per element. */
 function applyKernel(d: NormDims, limits: KernelLimits): Dispatch {
   const count = d.B * d.HW * d.C;
   const io = bindingsWgsl(d, false, ['nStats', 'nOut']);
@@ -164,8 +217,12 @@ ${d.grad ? '  let mg = nStats[row * 4u + 2u];\n  let mgx = nStats[row * 4u + 3u]
 
 function lowerNorm(d: NormDims, limits: KernelLimits): Lowered {
   if (d.C % d.G !== 0) throw new Error(`${d.label}: ${d.C} channels do not split into ${d.G} groups`);
-  if ((d.HW * d.C) / d.G <= FUSED_GROUP_MAX) return { dispatches: [statsKernel(d, true, limits)] };
-  return { dispatches: [statsKernel(d, false, limits), applyKernel(d, limits)], scratch: [d.B * d.G * 4 * 4] };
+  const chunks = Math.ceil((d.HW * d.C) / d.G / CHUNK);
+  if (chunks === 1) return { dispatches: [statsKernel(d, 1, limits)] };
+  return {
+    dispatches: [statsKernel(d, chunks, limits), combineKernel(d, chunks, limits), applyKernel(d, limits)],
+    scratch: [d.B * d.G * chunks * 4 * 4, d.B * d.G * 4 * 4],
+  };
 }
 
 const groupDims = (node: KernelNode<'groupNorm' | 'groupNormGrad'>, grad: boolean): NormDims => {
