@@ -6,7 +6,7 @@
 // so broadcasting, transposes, im2col and the conv-gradient scatter are index arithmetic in those functions (shapes
 // are WGSL constants, so the compiler turns the divisions by them into multiplies).
 //
-// Two kernels:
+// Three kernels, chosen by shape (gemmDispatch):
 // - tiled: a 64x64 output tile per workgroup of 16x16 threads, each thread a 4x4 block (rows 4ty.., columns 4tx..),
 //   K in steps of 16 through workgroup memory (2 tiles of 16x64 floats, ~8 KiB, under the 16 KiB default) held as
 //   vec4s, so each k step of the inner loop is 2 vec4 loads for 16 multiply-adds. Tile loads put consecutive threads
@@ -15,8 +15,8 @@
 // - skinny: M <= 4 rows (matrix-vector shapes), K split over the threads of a workgroup (see skinnyGemm).
 // - simple: one thread per output, a plain K loop. For tiny products and N <= 4 columns, where a 64x64 tile would be
 //   mostly padding and the launch/barrier overhead dominates.
-// Element type is f32 throughout; an f16 variant would swap the workgroup arrays and accumulators (`ELEM`/`ACC`
-// below) and the bindings' element type.
+// Element type is f32 throughout; an f16 variant would change the workgroup tiles' element type (`ELEM` below), the
+// bindings' element type in the callers' preludes and the loadA/loadB return types, keeping f32 accumulators.
 import { grid1d, type Dispatch, type KernelLimits } from '../kernel.ts';
 
 export interface GemmSpec {
