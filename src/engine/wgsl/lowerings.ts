@@ -3,9 +3,12 @@
 import type { Lowerings } from './kernel.ts';
 import { lowerings as conv } from './kernels/conv.ts';
 import { lowerings as elementwise } from './kernels/elementwise.ts';
+import { lowerings as gather } from './kernels/gather.ts';
 import { lowerings as layout } from './kernels/layout.ts';
 import { lowerings as matmul } from './kernels/matmul.ts';
 import { lowerings as norm } from './kernels/norm.ts';
+import { lowerings as reduce } from './kernels/reduce.ts';
+import { lowerings as resize } from './kernels/resize.ts';
 
 export function mergeLowerings(...tables: Lowerings[]): Lowerings {
   const all: Record<string, unknown> = {};
@@ -18,4 +21,4 @@ export function mergeLowerings(...tables: Lowerings[]): Lowerings {
   return all as Lowerings;
 }
 
-export const lowerings: Lowerings = mergeLowerings(elementwise, layout, matmul, conv, norm);
+export const lowerings: Lowerings = mergeLowerings(elementwise, reduce, layout, gather, resize, matmul, conv, norm);
