@@ -33,7 +33,7 @@ before(async () => {
 
 after(() => {
   device?.destroy();
-  const rows = [...worst].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `  ${k.padEnd(34)} ${String(v.cases).padStart(3)} cases  max abs diff ${v.abs.toExponential(2)}`);
+  const rows = [...worst].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `  ${k.padEnd(40)} ${String(v.cases).padStart(3)} cases  max abs diff ${v.abs.toExponential(2)}`);
   console.log(`wgsl kernels vs tfjs cpu:\n${rows.join('\n')}`);
 });
 
@@ -292,6 +292,8 @@ test('reductions: sum and max over any axes (keepDims), argmin/argmax with ties,
     [[4, 5, 6], [0, 1, 2], 'tree of 64'],
     [[2, 3, 4], [1], 'columns'],
     [[2000, 3], [0], 'chunked columns'],
+    [[2, 9001], [1], 'chunked rows'],
+    [[300001], [0], 'chunked rows, tree of partials'],
     [[3, 1500, 2], [1], 'chunked columns'],
     [[2, 3, 4], [0, 2], 'general'],
     [[2, 3, 4, 5], [1, 2], 'columns'],

@@ -4,7 +4,8 @@
 // Axes are first normalised: size-1 dimensions dropped, neighbours of the same kind (reduced or kept) merged. The
 // common results of that are the fast paths:
 //   [rows, R]         (the last axes reduced): one workgroup per row, strided loads then a tree in workgroup memory
-//                     (rows shorter than 64: one invocation per row);
+//                     (rows shorter than 64: one invocation per row; a few very long rows, e.g. a loss summed over
+//                     a whole tensor: chunks of 4096 per workgroup, then the partials);
 //   [outer, R, inner] (leading or middle axes): one invocation per output, reading coalesced along inner; when there
 //                     are few outputs for a long R, R is first cut into chunks of 256 (partials in a scratch buffer);
 //   anything else:    one invocation per output looping over every reduced element.
@@ -76,21 +77,30 @@ function treeDecls(op: Reducer, size: number): string {
   return `var<workgroup> sv: array<f32, ${size}>;${isArg(op) ? `\nvar<workgroup> si: array<i32, ${size}>;` : ''}`;
 }
 
-/** [rows, R] -> [rows]: one workgroup per row (R >= its size: every invocation starts from a real element). */
-function rowTree(op: Reducer, rows: number, r: number, limits: KernelLimits, label: string): Dispatch {
-  const size = treeSize(r);
+/**
+ * [rows, R] -> [rows, ceil(R / chunk)]: one workgroup per chunk of a row (chunk = R: per row). Invocations past the
+ * end of a short chunk start from its last element: harmless for max and arg (ties keep the lower index), and sum
+ * starts from 0 instead.
+ */
+function rowTree(op: Reducer, rows: number, r: number, chunk: number, bindings: Dispatch['bindings'], limits: KernelLimits, label: string): Dispatch {
+  const size = treeSize(Math.min(r, chunk));
+  const chunks = Math.ceil(r / chunk);
   const outType = isArg(op) ? 'i32' : 'f32';
   const decls = `${buffer(0, 'x', 'f32')}\n${buffer(1, 'y', outType, true)}\n${treeDecls(op, size)}`;
-  const body = `  let base = g * ${u32Literal(r)};
-  var acc = x[base + t];
-  var ai = i32(t);
-  for (var k = t + ${size}u; k < ${u32Literal(r)}; k = k + ${size}u) {
+  const body = `  let c = g % ${u32Literal(chunks)};
+  let k0 = c * ${u32Literal(chunk)};
+  let base = (g / ${u32Literal(chunks)}) * ${u32Literal(r)};
+  let k1 = min(k0 + ${u32Literal(chunk)}, ${u32Literal(r)});
+  let first = min(k0 + t, k1 - 1u);
+  var acc = ${op === 'sum' ? '0.0' : 'x[base + first]'};
+  var ai = i32(first);
+  for (var k = k0 + t${op === 'sum' ? '' : ` + ${size}u`}; k < k1; k = k + ${size}u) {
     ${fold(op, 'x[base + k]', 'i32(k)')}
   }
 ${tree(op, size)}
   if (t == 0u) { y[g] = ${isArg(op) ? 'si[0]' : 'sv[0]'}; }`;
-  const k = kernelPerGroup(decls, rows, size, body, limits);
-  return { ...k, bindings: [{ input: 0 }, { output: true }], label };
+  const k = kernelPerGroup(decls, rows * chunks, size, body, limits);
+  return { ...k, bindings, label };
 }
 
 /**
@@ -141,10 +151,26 @@ function general(op: 'sum' | 'max', sizes: number[], reduced: boolean[], limits:
   return { ...kernel1d(decls, prod(kept.map((k) => sizes[k])), body, limits), bindings: [{ input: 0 }, { output: true }], label };
 }
 
+/** Rows longer than this, when there are few of them, are cut into chunks of ROW_CHUNK for more workgroups. */
+const ROW_SPLIT = 8192;
+const ROW_CHUNK = 4096;
+
 /** The dispatches of a reduction of `x` [outer, R, inner] (already normalised). */
 function threeAxis(op: Reducer, outer: number, r: number, inner: number, limits: KernelLimits, label: string): Lowered {
-  if (inner === 1 && r >= TREE_MIN) return { dispatches: [rowTree(op, outer, r, limits, label)] };
   const io: Dispatch['bindings'] = [{ input: 0 }, { output: true }];
+  if (inner === 1 && r >= TREE_MIN) {
+    if (isArg(op) || r <= ROW_SPLIT || outer >= SPLIT_OUTPUTS / 8) return { dispatches: [rowTree(op, outer, r, r, io, limits, label)] };
+    // Partials per chunk [outer, chunks], then a reduction of those (a tree when there are many).
+    const chunks = Math.ceil(r / ROW_CHUNK);
+    const second: Dispatch =
+      chunks >= TREE_MIN
+        ? rowTree(op, outer, chunks, chunks, [{ scratch: 0 }, { output: true }], limits, `${label} (partials)`)
+        : columns(op, [outer, chunks, 1], chunks, [{ scratch: 0 }, { output: true }], limits, `${label} (partials)`);
+    return {
+      dispatches: [rowTree(op, outer, r, ROW_CHUNK, [{ input: 0 }, { scratch: 0 }], limits, `${label} (chunks of ${ROW_CHUNK})`), second],
+      scratch: [outer * chunks * 4],
+    };
+  }
   if (isArg(op) || outer * inner >= SPLIT_OUTPUTS || r <= 2 * CHUNK) {
     return { dispatches: [columns(op, [outer, r, inner], r, io, limits, label)] };
   }
