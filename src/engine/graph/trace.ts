@@ -353,14 +353,13 @@ abstract class SymOps implements Ops<Sym> {
   matmul(a: Sym, b: Sym, transposeA = false, transposeB = false): Sym {
     const ra = a.shape.length;
     const rb = b.shape.length;
-    const bad = (why: string) => new Error(`matmul: ${str(a.shape)}${transposeA ? 'ᵀ' : ''} x ${str(b.shape)}${transposeB ? 'ᵀ' : ''}: ${why}`);
-    if (ra < 2 || rb < 2) throw bad('both need rank >= 2');
-    if (a.dtype !== 'f32' || b.dtype !== 'f32') throw bad('needs float32 tensors');
+    if (ra < 2 || rb < 2) throw matmulError(a, b, transposeA, transposeB, 'both need rank >= 2');
+    if (a.dtype !== 'f32' || b.dtype !== 'f32') throw matmulError(a, b, transposeA, transposeB, 'needs float32 tensors');
     const [m, ka] = transposeA ? [a.shape[ra - 1], a.shape[ra - 2]] : [a.shape[ra - 2], a.shape[ra - 1]];
     const [kb, n] = transposeB ? [b.shape[rb - 1], b.shape[rb - 2]] : [b.shape[rb - 2], b.shape[rb - 1]];
-    if (ka !== kb) throw bad(`inner sizes ${ka} and ${kb} differ`);
+    if (ka !== kb) throw matmulError(a, b, transposeA, transposeB, `inner sizes ${ka} and ${kb} differ`);
     const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2));
-    if (!batch) throw bad('batch axes do not broadcast');
+    if (!batch) throw matmulError(a, b, transposeA, transposeB, 'batch axes do not broadcast');
     return this.emit('matmul', [a, b], { transposeA, transposeB }, [...batch, m, n], 'f32');
   }
 
@@ -491,6 +490,10 @@ abstract class SymOps implements Ops<Sym> {
     // Memory is the plan's business (liveness); the traced graph is the plain composition.
     return fn(x);
   }
+}
+
+function matmulError(a: Sym, b: Sym, ta: boolean, tb: boolean, why: string): Error {
+  return new Error(`matmul: ${str(a.shape)}${ta ? 'ᵀ' : ''} x ${str(b.shape)}${tb ? 'ᵀ' : ''}: ${why}`);
 }
 
 function checkShape(op: string, shape: readonly number[]): void {
@@ -649,27 +652,31 @@ class ReplayOps extends SymOps {
   protected emit<K extends OpName>(op: K, inputs: Sym[], attrs: Attrs[K], shape: number[], dtype: DType, rule?: GradRule): Sym {
     const g = this.b.graph;
     const id = this.cursor;
-    const mismatch = (why: string) =>
-      new StructureChanged(`structure changed at node %${id}: ${why}; recorded ${id < this.end ? describeNode(g, g.nodes[id]) : '(end of the call)'}`);
-    if (id >= this.end) throw mismatch(`an extra ${op} node`);
+    // Checked in order of cheapness; the message is only built on a mismatch.
+    if (id >= this.end) throw this.mismatch(id, `an extra ${op} node`);
     const n = g.nodes[id];
-    if (n.op !== op) throw mismatch(`${op} instead of ${n.op}`);
-    if (n.dtype !== dtype || !sameNumbers(n.shape, shape)) throw mismatch(`${op} gives ${dtype}${str(shape)}`);
-    if (n.inputs.length !== inputs.length) throw mismatch(`${inputs.length} inputs`);
+    if (n.op !== op) throw this.mismatch(id, `${op} instead of ${n.op}`);
+    if (n.dtype !== dtype || !sameNumbers(n.shape, shape)) throw this.mismatch(id, `${op} gives ${dtype}${str(shape)}`);
+    if (n.inputs.length !== inputs.length) throw this.mismatch(id, `${inputs.length} inputs`);
     for (let i = 0; i < inputs.length; i++) {
-      if (n.inputs[i] !== inputs[i].id || this.b.syms[inputs[i].id] !== inputs[i]) throw mismatch(`input ${i} is %${inputs[i].id}`);
+      if (n.inputs[i] !== inputs[i].id || this.b.syms[inputs[i].id] !== inputs[i]) throw this.mismatch(id, `input ${i} is %${inputs[i].id}`);
     }
-    if (!sameRule(this.b.gradRules.get(id), rule)) throw mismatch(`gradient rule ${JSON.stringify(rule)}`);
+    if (!sameRule(this.b.gradRules.get(id), rule)) throw this.mismatch(id, `gradient rule ${JSON.stringify(rule)}`);
     if (op === 'const') {
       const data = (attrs as Attrs['const']).data;
       const old = (n.attrs as Attrs['const']).data;
-      if (data.constructor !== old.constructor) throw mismatch('const of another type');
+      if (data.constructor !== old.constructor) throw this.mismatch(id, 'const of another type');
       if (data !== old && (data.length > COMPARE_VALUES_UP_TO || !sameNumbers(data, old))) this.consts.set(id, data);
     } else if (!sameValue(n.attrs, attrs)) {
-      throw mismatch(`attrs ${JSON.stringify(attrs)}`);
+      throw this.mismatch(id, `attrs ${JSON.stringify(attrs)}`);
     }
     this.cursor++;
     return this.b.syms[id];
+  }
+
+  private mismatch(id: number, why: string): StructureChanged {
+    const g = this.b.graph;
+    return new StructureChanged(`structure changed at node %${id}: ${why}; recorded ${id < this.end ? describeNode(g, g.nodes[id]) : '(end of the call)'}`);
   }
 
   finish(): void {
