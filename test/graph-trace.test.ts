@@ -6,13 +6,15 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend, shutdownBackend } from '../src/engine/backend.ts';
+import { gradient } from '../src/engine/graph/autodiff.ts';
+import { interpret } from '../src/engine/graph/interpret.ts';
 import { GraphBuilder, type Sym } from '../src/engine/graph/trace.ts';
 import type { Ops } from '../src/engine/ops.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 import { encodeImagePixels, inputResolution } from '../src/models/clip.ts';
 import { clipWeightTensors, loadClip } from '../src/models/clip-load.ts';
 import { checkTraced, normal } from './graph-check.ts';
-import { fixture } from './helpers.ts';
+import { assertClose, fixture } from './helpers.ts';
 
 before(async () => void (await initBackend('cpu')));
 after(async () => void (await shutdownBackend()));
@@ -45,6 +47,9 @@ function everyOp<T>(o: Ops<T>, x: T): T {
   const c2 = o.conv2d(x, k3, undefined, { stride: 2, pad: 'same' });
   out(o.conv2d(o.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]], 0.5), k3, c(E.b4, [4]), { stride: 2, pad: 'valid' }));
   out(o.conv2d(x, k3, c(E.b4, [4]), { pad: [1, 0, 2, 1] }));
+  // Stride leftovers (input rows no output reads) and a padding wider than the filter reach.
+  out(o.conv2d(x, k3, undefined, { stride: 2, pad: 'valid' }));
+  out(o.conv2d(x, k3, undefined, { stride: 2, pad: [3, 0, 0, 2] }));
   out(o.conv2d(c1, c(E.k1, [1, 1, 4, 6]), undefined, { pad: 'valid' }));
   const gn = o.checkpoint!((t) => o.swish(o.groupNorm(t, 2, c(E.gamma, [4]), c(E.beta, [4]), 1e-5)), c1);
   const hsum = o.add(gn, o.upsampleNearest2x(c2));
@@ -83,6 +88,7 @@ function everyOp<T>(o: Ops<T>, x: T): T {
   out(o.maximum(flat, c(E.stop, [])));
   out(o.minimum(o.transpose(flat, [1, 0]), o.constant(Float32Array.of(-0.3, 0.1, 0.4, 0), [4, 1])));
   out(o.minimum(o.maximum(flat, o.scale(s, 0.5)), o.addScalar(o.neg(s), 1)));
+  out(o.add(o.maximum(flat, o.scale(flat, 1)), o.minimum(o.scale(flat, 2), o.scale(flat, 2)))); // ties: a gets it all
   out(o.clamp(flat, -0.5, 0.7));
   out(o.clampWithGrad(flat, -0.5, 0.7));
   out(o.softmax(o.reshape(flat, [2, 8, 4])));
@@ -177,5 +183,95 @@ describe('replay', () => {
     }
     assert.equal(b.graph.nodes.length, nodes, 'replays append nothing');
     assert.equal((b.graph.nodes[noiseNode].attrs as { data: Float32Array }).data, noise2, 'a failed replay changes nothing');
+  });
+});
+
+describe('tracing checks and autodiff scope', () => {
+  test('bad shapes, dtypes and foreign tensors are rejected with the op and the shapes', () => {
+    const b = new GraphBuilder();
+    const x = b.input('x', [2, 3]);
+    const img = b.input('img', [1, 4, 4, 3]);
+    const idx = b.constantInt(Int32Array.of(0, 1), [2]);
+    const other = new GraphBuilder().input('x', [2, 3]);
+    const cases: [() => unknown, RegExp][] = [
+      [() => b.reshape(x, [4, 2]), /reshape: cannot reshape \[2,3\]/],
+      [() => b.reshape(x, [-1, -1]), /more than one -1/],
+      [() => b.matmul(x, x), /matmul: \[2,3\] x \[2,3\]: inner sizes 3 and 2 differ/],
+      [() => b.add(x, b.zeros([3, 2])), /add: shapes \[2,3\] and \[3,2\] do not broadcast/],
+      [() => b.conv2d(img, b.zeros([3, 3, 4, 8]), undefined), /conv2d: filter \[3,3,4,8\] for input \[1,4,4,3\]/],
+      [() => b.conv2d(img, b.zeros([3, 3, 3, 8]), b.zeros([3])), /conv2d: bias \[3\], expected \[8\]/],
+      [() => b.conv2d(img, b.zeros([7, 7, 3, 8]), undefined, { pad: 'valid' }), /larger than the padded input/],
+      [() => b.concat([x, b.zeros([3, 3])], 1), /concat: shapes/],
+      [() => b.slice(x, [1, 0], [2, 3]), /slice: begin \[1,0\] size \[2,3\] outside \[2,3\]/],
+      [() => b.transpose(x, [0, 0]), /not a permutation/],
+      [() => b.groupNorm(img, 2, b.zeros([3]), b.zeros([3]), 1e-5), /3 channels do not split into 2 groups/],
+      [() => b.layerNorm(x, b.zeros([2]), b.zeros([3]), 1e-5), /layerNorm: gamma \[2\]/],
+      [() => b.gatherRows(x, b.zeros([2])), /indices must be int32/],
+      [() => b.exp(idx), /exp: needs a float32 tensor/],
+      [() => b.sum(x, [2]), /axis 2 out of range/],
+      [() => b.linear(x, b.zeros([2, 4])), /linear: weight \[2,4\]/],
+      [() => b.attention(b.zeros([1, 4, 8]), b.zeros([1, 5, 7]), b.zeros([1, 5, 8])), /attention: q \[1,4,8\], k \[1,5,7\]/],
+      [() => b.upsampleNearest2x(x), /upsampleNearest2x: needs a float32 NHWC tensor/],
+      [() => b.straightThrough(x, b.zeros([3, 3])), /gradient target \[3,3\] does not broadcast/],
+      [() => b.constant(new Float32Array(5), [2, 3]), /5 values for shape \[2,3\]/],
+      [() => b.add(x, other), /tensor %0 does not belong to this graph/],
+      [() => b.clamp(x, 1, 0), /clamp: lo 1 > hi 0/],
+      [() => b.input('x', [1]), /input: 'x' exists/],
+    ];
+    for (const [f, re] of cases) assert.throws(f, re);
+    assert.throws(() => b.read(x), /read: %0 is traced, it has no values/);
+    assert.throws(() => b.readInt(idx), /no values/);
+  });
+
+  test('identity layout ops make no node; constants are one node per array', () => {
+    const b = new GraphBuilder();
+    const x = b.input('x', [2, 3]);
+    assert.equal(b.reshape(x, [2, -1]), x);
+    assert.equal(b.transpose(x, [0, 1]), x);
+    assert.equal(b.slice(x, [0, 0], [-1, 3]), x);
+    assert.equal(b.concat([x], 0), x);
+    assert.equal(b.sum(x, []), x);
+    const data = new Float32Array(6);
+    const c1 = b.constant(data, [2, 3]);
+    assert.equal(b.constant(data, [2, 3]), c1);
+    assert.equal(b.graph.nodes[b.constant(data, [3, 2]).id].op, 'reshape');
+    assert.equal(b.zeros([2, 3]), b.zeros([2, 3]));
+    assert.equal(b.graph.nodes.length, 4); // input, const, reshape, zeros const
+  });
+
+  test('autodiff differentiates only paths from the input to the loss', () => {
+    const b = new GraphBuilder();
+    const x = b.input('x', [2, 3]);
+    const w = b.constant(Float32Array.from([1, 2, 3, 4, 5, 6]), [3, 2]);
+    const unused = b.exp(x); // depends on x, not on the loss
+    const weightOnly = b.sigmoid(b.constant(Float32Array.of(0.1, 0.2), [1, 2])); // on the loss, not on x
+    const loss = b.sum(b.mul(b.matmul(b.scale(x, 3), w), weightOnly));
+    const start = b.graph.nodes.length;
+    gradient(b, loss, x);
+    const backward = b.graph.nodes.slice(start);
+    const touched = new Set(backward.flatMap((n) => n.inputs));
+    assert.ok(!touched.has(unused.id), 'no VJP of the unused branch');
+    // d/dx: seed, sum's broadcast (reshape + zeros + add), mul by the other factor, matmul with w, scale.
+    assert.deepEqual(backward.map((n) => n.op), ['const', 'reshape', 'const', 'binary', 'binary', 'matmul', 'unary']);
+    // A loss that does not depend on x: its gradient is zeros, nothing else.
+    const n0 = b.graph.nodes.length;
+    const g0 = gradient(b, b.sum(weightOnly), x);
+    assert.deepEqual(g0.shape, [2, 3]);
+    assert.equal(b.graph.nodes.length, n0 + 2); // the sum and the zeros const
+  });
+
+  test('max over axes (an ir kind no Ops method makes): value and gradient equal tf.max', async () => {
+    const b = new GraphBuilder();
+    const x = b.input('x', [3, 4, 5]);
+    const loss = b.sum(b.mul(b.max(x, [0, 2], true), b.constant(normal(3, 4), [1, 4, 1])));
+    b.output('loss', loss);
+    b.output('grad', gradient(b, loss, x));
+    const xT = tf.tensor(normal(8, 60), [3, 4, 5]);
+    const wT = tf.tensor(normal(3, 4), [1, 4, 1]);
+    const ref = tf.valueAndGrad((t: tf.Tensor) => tf.sum(tf.mul(tf.max(t, [0, 2], true), wT)))(xT);
+    const got = tf.tidy(() => interpret(tfOps, b.graph, { x: xT }));
+    assertClose(await got.loss.data(), await ref.value.data(), 1e-6, 'max loss');
+    assertClose(await got.grad.data(), await ref.grad.data(), 1e-6, 'max grad');
+    tf.dispose([xT, wT, ref.value, ref.grad, got.loss, got.grad]);
   });
 });

@@ -128,12 +128,12 @@ abstract class SymOps implements Ops<Sym> {
     return x.shape.slice();
   }
 
-  read(): Promise<Float32Array> {
-    throw new Error('read: a traced graph has no values (run it: interpret.ts or the compiled executor)');
+  read(x: Sym): Promise<Float32Array> {
+    throw new Error(`read: %${x.id} is traced, it has no values (run the graph: interpret.ts or the compiled executor)`);
   }
 
-  readInt(): Promise<Int32Array> {
-    throw new Error('readInt: a traced graph has no values (run it: interpret.ts or the compiled executor)');
+  readInt(x: Sym): Promise<Int32Array> {
+    throw new Error(`readInt: %${x.id} is traced, it has no values (run the graph: interpret.ts or the compiled executor)`);
   }
 
   // -------------------------------------------------------------------------------------------------------------
