@@ -124,4 +124,36 @@ export interface Executor<T> {
   /** Exempts a tensor from the enclosing scope's cleanup. */
   keep<R extends T>(x: R): R;
   dispose(xs: T | readonly T[]): void;
+  /**
+   * Compiled engines: computes xs now and returns tensors holding their values that depend on nothing else, so that
+   * later work starts from them instead of recomputing them (prompt embeddings, the starting latent). Absent on
+   * eager engines, where every tensor already is a value.
+   */
+  settle?(xs: T[]): Promise<T[]>;
+  /** Compiled engines: a training step planned once and replayed (see LoopSpec). */
+  loop?(spec: LoopSpec<T>, state: Record<string, HostValue>): TrainingLoop;
+}
+
+export interface HostValue {
+  data: Float32Array;
+  shape: number[];
+}
+
+/** One training step for a compiled engine: a forward with a scalar loss, differentiated w.r.t. state[wrt], and the update. */
+export interface LoopSpec<T> {
+  wrt: string;
+  /** The loss and the values to read back after each step (e.g. the per-prompt losses). */
+  forward(o: Ops<T>, state: Record<string, T>): { loss: T; reads: Record<string, T> };
+  /** The next state; it may add keys (an optimiser's buffers appear after its first step). */
+  update(o: Ops<T>, state: Record<string, T>, grad: T): Record<string, T>;
+  /** Also read the gradient back each step (tests). */
+  readGrad?: boolean;
+}
+
+export interface TrainingLoop {
+  /** Runs one step; the functions of the spec are called again (they may make new constants each step). */
+  step(): Promise<{ loss: number; reads: Record<string, Float32Array>; grad?: Float32Array }>;
+  /** The state after the last step, on the host. */
+  readState(): Promise<Record<string, HostValue>>;
+  destroy(): void;
 }

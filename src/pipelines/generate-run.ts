@@ -259,6 +259,7 @@ export async function runGenerate<T>(ex: Executor<T>, req: RunRequest, weightsDi
     if (interrupted) {
       await save('progress', output, gen.iteration, last.losses);
       const resumeFile = resumeFileFor(output);
+      await gen.syncState();
       const st = gen.state();
       const buffers: Record<string, HostTensor> = {};
       for (const [k, v] of Object.entries(st.optimizer.buffers)) if (v) buffers[k] = await hostOf(ex, v as T);

@@ -12,7 +12,7 @@
 // 'cutouts'/<model>/<step>), image-prompt cutouts ('image-prompt'/<i>). Because a step's randomness depends only on
 // (seed, step), a run resumed from a saved state continues exactly as if it had never stopped.
 import { UserError } from '../cli/errors.ts';
-import type { Executor } from '../engine/ops.ts';
+import type { Executor, HostValue, TrainingLoop } from '../engine/ops.ts';
 import { encodeImagePixels, encodeText, inputResolution, sphericalDistance, type ClipConfig, type ClipWeights } from '../models/clip.ts';
 import { decode, downsamplingFactor, encode, quantize, vectorQuantizeST, type VqganConfig, type VqganWeights } from '../models/vqgan.ts';
 import { Rng } from '../util/rng.ts';
@@ -146,6 +146,9 @@ export class Generation<T> {
   private z!: T;
   private opt!: OptimizerState<T>;
   private iter = 0;
+  /** Compiled engines: the replayed step, and whether this.z / this.opt hold its current state. */
+  private loop?: TrainingLoop;
+  private zOnHost = true;
   private zMin!: T;
   private zMax!: T;
   private readonly story: PromptSpec[][];
@@ -240,11 +243,13 @@ export class Generation<T> {
         this.z = ex.keep(z);
       }
     }
-    this.usePhrase(storyPhraseAt(this.iter, settings.changePromptEvery, this.story.length));
+    await this.settleTargets(this.extraTargets);
+    if (this.ex.settle) [this.z] = await this.ex.settle([this.z]);
+    await this.usePhrase(storyPhraseAt(this.iter, settings.changePromptEvery, this.story.length));
   }
 
   /** Text prompts of the current story phrase: embedded once per phrase change. */
-  private usePhrase(index: number): void {
+  private async usePhrase(index: number): Promise<void> {
     if (index === this.phrase) return;
     for (const t of this.textTargets) this.ex.dispose(t.embeds);
     const specs = this.story[index];
@@ -252,7 +257,14 @@ export class Generation<T> {
       spec,
       embeds: this.guides.map((m) => this.ex.keep(this.ex.scope(() => encodeText(this.ex.ops, m.weights, m.config, m.tokenizer.tokenize([spec.text], { truncate: true }))))),
     }));
+    await this.settleTargets(this.textTargets);
     this.phrase = index;
+  }
+
+  /** On a compiled engine, prompt embeddings become values once instead of being recomputed by every step. */
+  private async settleTargets(targets: Target<T>[]): Promise<void> {
+    if (!this.ex.settle) return;
+    for (const t of targets) t.embeds = await this.ex.settle(t.embeds);
   }
 
   private cutoutConfig(m: GuideModel<T>) {
@@ -306,7 +318,8 @@ export class Generation<T> {
     const { ex } = this;
     const o = ex.ops;
     const i = this.iter;
-    this.usePhrase(storyPhraseAt(i, this.settings.changePromptEvery, this.story.length));
+    await this.usePhrase(storyPhraseAt(i, this.settings.changePromptEvery, this.story.length));
+    if (ex.loop) return this.compiledStep(debug);
     let lossVec!: T;
     const dbg = debug ? { cutouts: [] as T[], imageEmbeds: [] as T[] } : undefined;
     const { value, grad } = ex.valueAndGrad((z) => {
@@ -332,8 +345,61 @@ export class Generation<T> {
     return { iteration: i, losses, total, debug: dbg ? { grad, ...dbg } : undefined };
   }
 
+  /**
+   * The same step on a compiled engine: the step (forward, gradient, optimiser, clamp) is planned once and replayed;
+   * z and the optimiser's buffers stay on the GPU between steps. `debug` gives the gradient only.
+   */
+  private async compiledStep(debug: boolean): Promise<StepResult & { debug?: StepDebug<T> }> {
+    const { ex } = this;
+    const o = ex.ops;
+    if (!this.loop) {
+      const state: Record<string, HostValue> = { z: { data: await o.read(this.z), shape: o.shape(this.z) } };
+      for (const [k, v] of Object.entries(this.opt.buffers)) if (v) state[k] = { data: await o.read(v), shape: o.shape(v) };
+      const hyper = optimizerHyper(this.settings.optimizer, { lr: this.settings.lr });
+      this.loop = ex.loop!(
+        {
+          wrt: 'z',
+          readGrad: debug,
+          forward: (so, st) => {
+            const lossVec = this.losses(st.z, this.iter);
+            return { loss: so.sum(lossVec), reads: { losses: lossVec } };
+          },
+          update: (so, st, grad) => {
+            const { z, ...buffers } = st;
+            const r = optimizerStep(so, hyper, { step: this.opt.step, buffers }, z, grad);
+            const next: Record<string, T> = { z: clampToRange(so, r.param, this.zMin, this.zMax) };
+            for (const [k, v] of Object.entries(r.state.buffers)) if (v) next[k] = v;
+            return next;
+          },
+        },
+        state,
+      );
+      this.zOnHost = false;
+    }
+    const i = this.iter;
+    const r = await this.loop.step();
+    this.opt = { step: this.opt.step + 1, buffers: this.opt.buffers };
+    this.zOnHost = false;
+    this.iter = i + 1;
+    const grad = r.grad ? o.constant(r.grad, o.shape(this.z)) : undefined;
+    return { iteration: i, losses: Array.from(r.reads.losses), total: r.loss, debug: debug ? { grad: grad!, cutouts: [], imageEmbeds: [] } : undefined };
+  }
+
+  /** Compiled engines: brings z and the optimiser's buffers from the GPU into this.z / this.opt (constants). */
+  async syncState(): Promise<void> {
+    if (!this.loop || this.zOnHost) return;
+    const o = this.ex.ops;
+    const st = await this.loop.readState();
+    this.z = o.constant(st.z.data, st.z.shape);
+    const buffers: OptimizerState<T>['buffers'] = {};
+    for (const [k, v] of Object.entries(st)) if (k !== 'z') buffers[k as keyof OptimizerState<T>['buffers']] = o.constant(v.data, v.shape);
+    this.opt = { step: this.opt.step, buffers };
+    this.zOnHost = true;
+  }
+
   /** The current image (synth(z)) as host data. */
   async picture(): Promise<Picture> {
+    await this.syncState();
     const img = this.ex.scope(() => this.synth(this.z));
     const data = await this.ex.ops.read(img);
     this.ex.dispose(img);
@@ -351,6 +417,7 @@ export class Generation<T> {
   }
 
   dispose(): void {
+    this.loop?.destroy();
     this.ex.dispose([this.z, ...stateTensors(this.opt)]);
     for (const t of [...this.textTargets, ...this.extraTargets]) this.ex.dispose(t.embeds);
     this.textTargets = [];

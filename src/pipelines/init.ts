@@ -104,7 +104,8 @@ export async function initialLatent<T>(o: Ops<T>, opts: InitOptions<T>): Promise
  * towards ZERO (not towards the initial latent: the script's mse against z_orig is commented out) and fades.
  */
 export function initWeightLoss<T>(o: Ops<T>, z: T, iteration: number, initWeight: number): T {
-  return o.scale(o.mean(o.square(z)), ((1 / (iteration * 2 + 1)) * initWeight) / 2);
+  // The factor is a tensor (not an op parameter) so that a compiled step's structure does not change with i.
+  return o.mul(o.mean(o.square(z)), o.constant(Float32Array.of(((1 / (iteration * 2 + 1)) * initWeight) / 2), []));
 }
 
 /** Per-channel min and max over the codebook rows, shaped [1, 1, 1, C] (generate.py's z_min / z_max). */

@@ -120,6 +120,8 @@ export function stateTensors<T>(state: OptimizerState<T>): T[] {
  * modified or disposed).
  */
 export function optimizerStep<T>(o: Ops<T>, hp: OptimizerHyper, state: OptimizerState<T>, param: T, grad: T): { param: T; state: OptimizerState<T> } {
+  // Values that change with the step count are tensors, not op parameters: a compiled step then stays one plan
+  // (only the constants' data changes between steps). On tfjs the two are the same multiplication.
   const scalar = (x: number) => o.constant(Float32Array.of(x), []);
   const step = state.step + 1;
   const prev = state.buffers;
@@ -142,7 +144,7 @@ export function optimizerStep<T>(o: Ops<T>, hp: OptimizerHyper, state: Optimizer
       }
       const stepSize = hp.lr / (1 - b1 ** step);
       const denom = o.addScalar(o.div(o.sqrt(second), scalar(Math.sqrt(1 - b2 ** step))), hp.eps);
-      return { param: o.add(p, o.div(o.scale(expAvg, -stepSize), denom)), state: { step, buffers } };
+      return { param: o.add(p, o.div(o.mul(expAvg, scalar(-stepSize)), denom)), state: { step, buffers } };
     }
     case 'Adagrad': {
       if (hp.weightDecay !== 0) g = o.add(g, o.scale(param, hp.weightDecay));
@@ -151,7 +153,7 @@ export function optimizerStep<T>(o: Ops<T>, hp: OptimizerHyper, state: Optimizer
       const start = prev.sum ?? (hp.initialAccumulatorValue !== 0 ? o.addScalar(o.zeros(o.shape(param)), hp.initialAccumulatorValue) : undefined);
       const sum = start ? o.add(start, gg) : gg;
       const std = o.addScalar(o.sqrt(sum), hp.eps);
-      return { param: o.add(param, o.div(o.scale(g, -clr), std)), state: { step, buffers: { sum } } };
+      return { param: o.add(param, o.div(o.mul(g, scalar(-clr)), std)), state: { step, buffers: { sum } } };
     }
     case 'Adamax': {
       const [b1, b2] = hp.betas;
@@ -161,7 +163,7 @@ export function optimizerStep<T>(o: Ops<T>, hp: OptimizerHyper, state: Optimizer
       // First step: max(0 * b2, |g| + eps) = |g| + eps.
       const expInf = prev.expInf ? o.maximum(o.scale(prev.expInf, b2), bound) : bound;
       const clr = hp.lr / (1 - b1 ** step);
-      return { param: o.add(param, o.div(o.scale(expAvg, -clr), expInf)), state: { step, buffers: { expAvg, expInf } } };
+      return { param: o.add(param, o.div(o.mul(expAvg, scalar(-clr)), expInf)), state: { step, buffers: { expAvg, expInf } } };
     }
     case 'RMSprop': {
       const a = hp.alpha;

@@ -62,6 +62,9 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
   const buffers = plan.buffers.map((b, i) => device.createBuffer({ size: Math.max(16, Math.ceil(b.size / 16) * 16), usage, label: `${b.kind} ${i}` }));
   for (const c of plan.consts) write(device, buffers[c.slot.buffer], c.slot.offset, c.data);
+  const bounceBytes = Math.max(0, ...carry.filter((c) => c.from.buffer === c.to.buffer).map((c) => c.from.size));
+  const bounce = bounceBytes > 0 ? device.createBuffer({ size: Math.ceil(bounceBytes / 16) * 16, usage, label: 'carry bounce' }) : undefined;
+  if (bounce) buffers.push(bounce);
 
   // Layouts by their pattern of read-only (r) and read-write (w) bindings, e.g. 'rrw'.
   const layouts = new Map<string, { key: string; bindGroup: GPUBindGroupLayout; pipeline: GPUPipelineLayout }>();
@@ -155,7 +158,13 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
         }
         pass.end();
       }
-      for (const c of carry) copy(enc, c.from, buffers[c.to.buffer], c.to.offset);
+      for (const c of carry) {
+        // WebGPU refuses a copy within one buffer: those go through the bounce buffer.
+        if (c.from.buffer === c.to.buffer) {
+          copy(enc, c.from, bounce!, 0);
+          enc.copyBufferToBuffer(bounce!, 0, buffers[c.to.buffer], c.to.offset, c.from.size);
+        } else copy(enc, c.from, buffers[c.to.buffer], c.to.offset);
+      }
       const commands = enc.finish();
       lastEncodeMs = performance.now() - t0;
       device.queue.submit([commands]);

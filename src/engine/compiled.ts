@@ -1,0 +1,356 @@
+// The compiled engine: the models, traced into one graph (graph/trace.ts), run as planned WGSL dispatches
+// (wgsl/plan.ts, wgsl/executor.ts) instead of op-by-op through tfjs.
+//
+// Two ways in:
+// - `executor` is an Executor<Sym>, so every pipeline written against Executor/Ops runs unchanged: ops record
+//   nodes, and reading a tensor (ops.read, settle) evaluates the part of the graph it needs as a plan of its own
+//   (cached by structure: a second read of the same computation re-uses the compiled plan and uploads only the
+//   constants whose data changed);
+// - `loop(spec, state)` compiles a whole training step (forward, its gradient w.r.t. one state tensor, the update)
+//   once and replays it: each step re-runs the model functions on a ReplayOps, which only checks that the structure
+//   is the recorded one and collects the constants that changed (cutout matrices, noise, per-step scalars); the run
+//   uploads those, encodes the recorded dispatches, submits once, and the state stays on the GPU (carried from the
+//   outputs to the inputs inside the same submission). A structure change (e.g. the optimiser's buffers appearing
+//   after its first step, or a story switching to a phrase with more prompts) is handled by compiling again.
+import { gradient } from './graph/autodiff.ts';
+import type { Graph, Node } from './graph/ir.ts';
+import { GraphBuilder, type Recording, type Sym } from './graph/trace.ts';
+import type { Executor, HostValue, LoopSpec as LoopSpecOf, Ops, TrainingLoop } from './ops.ts';
+import { compilePlan, type CompiledGraph } from './wgsl/executor.ts';
+import { DEFAULT_LIMITS, type KernelLimits } from './wgsl/kernel.ts';
+import { lowerings } from './wgsl/lowerings.ts';
+import { planGraph, type Plan } from './wgsl/plan.ts';
+
+type Data = Float32Array | Int32Array;
+
+/** The ancestors of `outputs` as a graph of their own (ids renumbered, order kept); newId[old] = new id or -1. */
+export function extractGraph(g: Graph, outputs: Record<string, number>): { graph: Graph; newId: Int32Array } {
+  const nodes = g.nodes;
+  let top = -1;
+  for (const id of Object.values(outputs)) top = Math.max(top, id);
+  const needed = new Uint8Array(top + 1);
+  for (const id of Object.values(outputs)) needed[id] = 1;
+  for (let i = top; i >= 0; i--) if (needed[i]) for (const j of nodes[i].inputs) needed[j] = 1;
+  const newId = new Int32Array(top + 1).fill(-1);
+  const out: Node[] = [];
+  for (let i = 0; i <= top; i++) {
+    if (!needed[i]) continue;
+    const n = nodes[i];
+    newId[i] = out.length;
+    out.push({ ...n, id: out.length, inputs: n.inputs.map((j) => newId[j]) });
+  }
+  const outs: Record<string, number> = {};
+  for (const [k, id] of Object.entries(outputs)) outs[k] = newId[id];
+  return { graph: { nodes: out, outputs: outs }, newId };
+}
+
+/** A string that equals another graph's exactly when the two plan to the same dispatches (const data aside). */
+function signature(g: Graph): string {
+  const parts: string[] = [];
+  for (const n of g.nodes) {
+    const attrs = n.op === 'const' ? '' : JSON.stringify(n.attrs);
+    parts.push(`${n.op}(${n.inputs.join(',')})${attrs}:${n.dtype}[${n.shape.join(',')}]`);
+  }
+  parts.push(JSON.stringify(g.outputs));
+  return parts.join(';');
+}
+
+interface CachedPlan {
+  compiled: CompiledGraph;
+  /** Const node ids of the extracted graph and the arrays last uploaded for them. */
+  consts: Array<{ id: number; data: Data }>;
+  plan: Plan;
+}
+
+type LoopSpec = LoopSpecOf<Sym>;
+type HostTensor = HostValue;
+
+export interface EngineStats {
+  /** Plans compiled (graph evaluations and loop structures). */
+  compiles: number;
+  /** Host milliseconds of the last loop step: replaying the model functions, uploading changed constants, encoding and submitting (not GPU time, not the readback). */
+  lastStepHostMs: number;
+  lastStepEncodeMs: number;
+  lastStepReplayMs: number;
+  dispatches: number;
+  arenaBytes: number;
+  constBytes: number;
+}
+
+export class CompiledEngine {
+  readonly builder = new GraphBuilder();
+  readonly stats: EngineStats = { compiles: 0, lastStepHostMs: 0, lastStepEncodeMs: 0, lastStepReplayMs: 0, dispatches: 0, arenaBytes: 0, constBytes: 0 };
+  private current: Ops<Sym> = this.builder;
+  private readonly cache = new Map<string, CachedPlan>();
+  private readonly limits: KernelLimits;
+  readonly ops: Ops<Sym>;
+  readonly executor: Executor<Sym> & Required<Pick<Executor<Sym>, 'settle' | 'loop'>>;
+
+  constructor(
+    readonly device: GPUDevice,
+    opts: { maxCachedPlans?: number } = {},
+  ) {
+    this.maxCached = opts.maxCachedPlans ?? 8;
+    const l = device.limits;
+    this.limits = {
+      ...DEFAULT_LIMITS,
+      maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      maxInvocationsPerWorkgroup: Math.min(256, l.maxComputeInvocationsPerWorkgroup),
+      maxWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+    };
+    // Every call goes to the current target: the builder, or a replay while a loop step re-runs its functions.
+    const engine = this;
+    this.ops = new Proxy({} as Ops<Sym>, {
+      get(_, key: keyof Ops<Sym>) {
+        if (key === 'read') return (x: Sym) => engine.evaluate([x]).then(([d]) => (d instanceof Float32Array ? d : Float32Array.from(d)));
+        if (key === 'readInt') return (x: Sym) => engine.evaluate([x]).then(([d]) => (d instanceof Int32Array ? d : Int32Array.from(d)));
+        if (key === 'checkpoint') return undefined; // the plan decides memory
+        const target = engine.current as unknown as Record<string, unknown>;
+        const v = target[key];
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    this.executor = {
+      ops: this.ops,
+      valueAndGrad: (f, x) => {
+        const value = f(x);
+        return { value, grad: gradient(this.builder, value, x) };
+      },
+      // Graph nodes are host objects; GPU memory belongs to the plans.
+      scope: (f) => f(),
+      keep: (x) => x,
+      dispose: () => {},
+      settle: (xs) => this.settle(xs),
+      loop: (spec, state) => this.loop(spec, state),
+    };
+  }
+
+  private readonly maxCached: number;
+
+  /** Runs fn with the engine's ops going to `o` (a replay) instead of the builder. */
+  withOps<R>(o: Ops<Sym>, fn: () => R): R {
+    const prev = this.current;
+    this.current = o;
+    try {
+      return fn();
+    } finally {
+      this.current = prev;
+    }
+  }
+
+  private planFor(graph: Graph): Plan {
+    const l = this.device.limits;
+    return planGraph(graph, lowerings, this.limits, {
+      alignment: Math.max(16, l.minStorageBufferOffsetAlignment),
+      maxBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+    });
+  }
+
+  /** Computes xs now (one plan for all of them) and returns their data. */
+  async evaluate(xs: Sym[]): Promise<Data[]> {
+    const outputs: Record<string, number> = {};
+    xs.forEach((x, i) => {
+      this.builder.own(x, 'read');
+      outputs[`r${i}`] = x.id;
+    });
+    // A constant needs no GPU.
+    if (xs.every((x) => this.builder.graph.nodes[x.id].op === 'const')) {
+      return xs.map((x) => (this.builder.graph.nodes[x.id].attrs as { data: Data }).data);
+    }
+    const { graph } = extractGraph(this.builder.graph, outputs);
+    const key = signature(graph);
+    let cached = this.cache.get(key);
+    if (cached) {
+      for (const c of cached.consts) {
+        const data = (graph.nodes[c.id].attrs as { data: Data }).data;
+        if (data !== c.data) {
+          cached.compiled.updateConst(c.id, data);
+          c.data = data;
+        }
+      }
+      // Most recently used last.
+      this.cache.delete(key);
+      this.cache.set(key, cached);
+    } else {
+      const plan = this.planFor(graph);
+      const compiled = await compilePlan(this.device, plan);
+      this.stats.compiles++;
+      const consts = graph.nodes.filter((n) => n.op === 'const').map((n) => ({ id: n.id, data: (n.attrs as { data: Data }).data }));
+      cached = { compiled, consts, plan };
+      this.cache.set(key, cached);
+      while (this.cache.size > this.maxCached) {
+        const [oldest, v] = this.cache.entries().next().value as [string, CachedPlan];
+        v.compiled.destroy();
+        this.cache.delete(oldest);
+      }
+    }
+    cached.compiled.run();
+    return Promise.all(xs.map((_, i) => cached!.compiled.read(`r${i}`)));
+  }
+
+  /** xs computed now and made constants: later graphs start from their values instead of recomputing them. */
+  async settle(xs: Sym[]): Promise<Sym[]> {
+    const data = await this.evaluate(xs);
+    return xs.map((x, i) => {
+      const d = data[i];
+      return d instanceof Int32Array ? this.builder.constantInt(d, x.shape) : this.builder.constant(d as Float32Array, x.shape);
+    });
+  }
+
+  /** A compiled training loop starting from `state` (host data). */
+  loop(spec: LoopSpec, state: Record<string, HostTensor>): CompiledLoop {
+    return new CompiledLoop(this, spec, state);
+  }
+
+  /** @internal */
+  compileGraph(graph: Graph, carry?: Record<string, string>): Promise<{ compiled: CompiledGraph; plan: Plan }> {
+    const plan = this.planFor(graph);
+    this.stats.compiles++;
+    this.stats.dispatches = plan.dispatches.length;
+    this.stats.arenaBytes = plan.memory.arenaBytes;
+    this.stats.constBytes = plan.memory.constBytes;
+    return compilePlan(this.device, plan, { carry }).then((compiled) => ({ compiled, plan }));
+  }
+
+  destroy(): void {
+    for (const v of this.cache.values()) v.compiled.destroy();
+    this.cache.clear();
+  }
+}
+
+interface LoopStructure {
+  keys: string[];
+  inputs: Record<string, Sym>;
+  forward: Recording<{ loss: Sym; reads: Record<string, Sym> }>;
+  grad: Sym;
+  update: Recording<Record<string, Sym>>;
+  compiled: CompiledGraph;
+  /** Builder node id -> extracted graph node id, for the constants a replay changes. */
+  newId: Int32Array;
+  /** The update returns the same keys: the state is carried on the GPU from run to run. */
+  steady: boolean;
+}
+
+let loopIds = 0;
+
+export class CompiledLoop implements TrainingLoop {
+  private structure?: LoopStructure;
+  /** The state on the host: the initial one, and after a structure change (read back from the last run). */
+  private hostState?: Record<string, HostTensor>;
+  private readonly id = ++loopIds;
+  private compiles = 0;
+
+  constructor(
+    private readonly engine: CompiledEngine,
+    private readonly spec: LoopSpec,
+    state: Record<string, HostTensor>,
+  ) {
+    this.hostState = state;
+  }
+
+  private async build(state: Record<string, HostTensor>): Promise<LoopStructure> {
+    const b = this.engine.builder;
+    const keys = Object.keys(state).sort();
+    const tag = `loop${this.id}.${++this.compiles}`;
+    const inputs: Record<string, Sym> = {};
+    for (const k of keys) inputs[k] = b.input(`${tag}:${k}`, state[k].shape);
+    const forward = b.record((o) => this.engine.withOps(o, () => this.spec.forward(o, inputs)));
+    const grad = gradient(b, forward.value.loss, inputs[this.spec.wrt]);
+    const update = b.record((o) => this.engine.withOps(o, () => this.spec.update(o, inputs, grad)));
+    const next = update.value;
+    const nextKeys = Object.keys(next).sort();
+    const steady = nextKeys.length === keys.length && nextKeys.every((k, i) => k === keys[i] && sameShape(next[k].shape, inputs[k].shape));
+    const outputs: Record<string, number> = { loss: forward.value.loss.id };
+    if (this.spec.readGrad) outputs.grad = grad.id;
+    for (const [k, s] of Object.entries(forward.value.reads)) outputs[`read:${k}`] = s.id;
+    for (const k of nextKeys) outputs[`next:${k}`] = next[k].id;
+    const { graph, newId } = extractGraph(b.graph, outputs);
+    // Inputs the step does not read were dropped by the extraction; the planner wants every input it has.
+    const carry: Record<string, string> = {};
+    if (steady) for (const k of keys) if (newId[inputs[k].id] >= 0) carry[`${tag}:${k}`] = `next:${k}`;
+    const { compiled } = await this.engine.compileGraph(graph, carry);
+    const first: Record<string, Data> = {};
+    for (const k of keys) if (newId[inputs[k].id] >= 0) first[`${tag}:${k}`] = state[k].data;
+    compiled.run(first);
+    return { keys, inputs, forward, grad, update, compiled, newId, steady };
+  }
+
+  /**
+   * One step: returns the loss and the forward's reads (one readback). The first step (and any after a structure
+   * change) compiles; the others replay.
+   */
+  async step(): Promise<{ loss: number; reads: Record<string, Float32Array>; grad?: Float32Array }> {
+    const t0 = performance.now();
+    let s = this.structure;
+    let ran = false;
+    if (s && s.steady) {
+      const b = this.engine.builder;
+      const f = b.replay(s.forward, (o) => this.engine.withOps(o, () => this.spec.forward(o, s!.inputs)));
+      const u = f.ok ? b.replay(s.update, (o) => this.engine.withOps(o, () => this.spec.update(o, s!.inputs, s!.grad))) : f;
+      const tReplay = performance.now();
+      if (f.ok && u.ok) {
+        for (const consts of [f.consts, u.consts]) {
+          for (const [id, data] of consts) {
+            const nid = s.newId[id];
+            if (nid >= 0) s.compiled.updateConst(nid, data);
+          }
+        }
+        s.compiled.run();
+        ran = true;
+        this.stats(t0, tReplay, s.compiled);
+      } else {
+        // The structure changed: continue from the current state, compiled anew.
+        this.hostState = await this.readState();
+        s.compiled.destroy();
+        this.structure = s = undefined;
+      }
+    }
+    if (!ran) {
+      const state = this.hostState!;
+      s = this.structure = await this.build(state);
+      this.hostState = undefined;
+      this.stats(t0, t0, s.compiled);
+      if (!s.steady) {
+        // A transitional step (new state keys): take its outputs as the next step's host state.
+        const next: Record<string, HostTensor> = {};
+        for (const k of Object.keys(s.update.value)) next[k] = { data: (await s.compiled.read(`next:${k}`)) as Float32Array, shape: s.update.value[k].shape };
+        this.hostState = next;
+      }
+    }
+    const done = s!;
+    const reads: Record<string, Float32Array> = {};
+    for (const k of Object.keys(done.forward.value.reads)) reads[k] = (await done.compiled.read(`read:${k}`)) as Float32Array;
+    const loss = (await done.compiled.read('loss'))[0];
+    const grad = this.spec.readGrad ? ((await done.compiled.read('grad')) as Float32Array) : undefined;
+    if (!done.steady) {
+      done.compiled.destroy();
+      this.structure = undefined;
+    }
+    return { loss, reads, grad };
+  }
+
+  private stats(t0: number, tReplay: number, c: CompiledGraph): void {
+    const st = this.engine.stats;
+    st.lastStepReplayMs = tReplay - t0;
+    st.lastStepEncodeMs = c.lastEncodeMs;
+    st.lastStepHostMs = performance.now() - t0;
+  }
+
+  /** The current state, read back from the GPU (or the host copy between structures). */
+  async readState(): Promise<Record<string, HostTensor>> {
+    if (this.hostState) return this.hostState;
+    const s = this.structure!;
+    const out: Record<string, HostTensor> = {};
+    // After a run the carried state sits in the outputs too (the carry copies outputs to inputs).
+    for (const k of s.keys) out[k] = { data: (await s.compiled.read(`next:${k}`)) as Float32Array, shape: s.inputs[k].shape };
+    return out;
+  }
+
+  destroy(): void {
+    this.structure?.compiled.destroy();
+    this.structure = undefined;
+  }
+}
+
+const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);

@@ -1,0 +1,92 @@
+// The compiled WebGPU engine (src/engine/compiled.ts) running the generate pipeline against e2e_reference.safetensors:
+// the whole step (forward, gradient to z, Adam, clamp) planned once and replayed, on the software adapter in CI.
+// Same checks and tolerances as generate-parity.ts (MANIFEST.md): losses, grad_z, z after each step, images.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { CompiledEngine } from '../src/engine/compiled.ts';
+import { createWebGPUDevice } from '../src/engine/webgpu.ts';
+import { asFloat32, asNumbers } from '../src/formats/host-tensor.ts';
+import { readSafetensors } from '../src/formats/safetensors.ts';
+import { loadClip } from '../src/models/clip-load.ts';
+import { ClipTokenizer } from '../src/models/clip-tokenizer.ts';
+import { loadVqgan } from '../src/models/vqgan-load.ts';
+import { DEFAULT_SETTINGS, Generation, type GenerateSettings } from '../src/pipelines/generate.ts';
+import { assertClose, FIXTURES, nchwToNhwc, nhwcToNchw } from './helpers.ts';
+
+const need = ['e2e_reference.safetensors', 'tiny_vqgan.ckpt', 'tiny_vqgan.yaml', 'tiny_clip_state.pt', 'bpe_simple_vocab_16e6.txt.gz'];
+const STEPS = 5;
+
+describe('compiled engine: generate pipeline vs generate.py (software WebGPU)', () => {
+  let unavailable: string | undefined;
+  let device: GPUDevice | undefined;
+  before(async () => {
+    const missing = need.filter((f) => !fs.existsSync(path.join(FIXTURES, f)));
+    if (missing.length) {
+      unavailable = `fixtures missing in ${FIXTURES}: ${missing.join(', ')}`;
+      return;
+    }
+    try {
+      device = (await createWebGPUDevice('allow')).device;
+    } catch (e) {
+      unavailable = `no WebGPU adapter: ${(e as Error).message}`;
+    }
+  });
+  after(() => device?.destroy());
+
+  test(`${STEPS} replayed steps reproduce the reference losses, gradients, latents and images`, async (t) => {
+    if (unavailable) return t.skip(unavailable);
+    const engine = new CompiledEngine(device!);
+    const o = engine.ops;
+    const ref = readSafetensors(path.join(FIXTURES, 'e2e_reference.safetensors'));
+    const r = (k: string) => ref.get(k)!;
+    const vq = await loadVqgan(o, path.join(FIXTURES, 'tiny_vqgan.ckpt'), path.join(FIXTURES, 'tiny_vqgan.yaml'), { encoder: false });
+    const clip = await loadClip(o, path.join(FIXTURES, 'tiny_clip_state.pt'));
+    const tokenizer = ClipTokenizer.fromBpeFile(path.join(FIXTURES, 'bpe_simple_vocab_16e6.txt.gz'));
+    const boxes = asNumbers(r('cut_boxes_size_offx_offy'));
+    const fixedBoxes = () => Array.from({ length: boxes.length / 3 }, (_, i) => ({ size: boxes[3 * i], offsetX: boxes[3 * i + 1], offsetY: boxes[3 * i + 2] }));
+    const settings: GenerateSettings = {
+      ...DEFAULT_SETTINGS,
+      prompts: 'a red apple:1|blurry:-0.5|a watercolor painting:0.8:1.212',
+      width: 64,
+      height: 64,
+      iterations: STEPS,
+      cutMethod: 'original',
+      cutn: 5,
+      seed: 1,
+    };
+    const zInit = r('z_init');
+    const [n, c, h, w] = zInit.shape;
+    const gen = await Generation.create(
+      engine.executor,
+      { name: 'tiny_vqgan', config: vq.config, weights: vq.weights },
+      [{ name: 'tiny_clip', config: clip.config, weights: clip.weights, tokenizer, weight: 1 }],
+      settings,
+      { initialZ: o.constant(nchwToNhwc(asFloat32(zInit), zInit.shape), [n, h, w, c]), fixedBoxes },
+    );
+    try {
+      const img0 = await gen.picture();
+      assertClose(nhwcToNchw(img0.data, [1, 64, 64, 3]), r('step0.synth_image'), 5e-5, 'step0.synth_image');
+      const hostMs: number[] = [];
+      for (let s = 0; s < STEPS; s++) {
+        const res = await gen.step(true);
+        hostMs.push(engine.stats.lastStepReplayMs + engine.stats.lastStepEncodeMs);
+        t.diagnostic(`step ${s}: compiles so far ${engine.stats.compiles}, replay ${engine.stats.lastStepReplayMs.toFixed(2)} ms, encode ${engine.stats.lastStepEncodeMs.toFixed(2)} ms, host incl. submit ${engine.stats.lastStepHostMs.toFixed(1)} ms`);
+        assertClose(res.losses, r(`step${s}.losses`), 2e-6, `step${s}.losses`);
+        assert.ok(Math.abs(res.total - asFloat32(r(`step${s}.loss_total`))[0]) <= 2e-6, `step${s}.loss_total`);
+        assertClose(nhwcToNchw(await o.read(res.debug!.grad), [n, h, w, c]), r(`step${s}.grad_z`), 1e-6, `step${s}.grad_z`);
+        await gen.syncState();
+        assertClose(nhwcToNchw(await o.read(gen.latent()), [n, h, w, c]), r(`step${s}.z_after`), 5e-4, `step${s}.z_after`);
+      }
+      const fin = await gen.picture();
+      assertClose(nhwcToNchw(fin.data, [1, 64, 64, 3]), r('final_synth_image'), 5e-5, 'final_synth_image');
+      // Step 1 has no optimiser buffers yet (a plan of its own); from step 2 on the step is one plan, replayed.
+      t.diagnostic(`plans compiled ${engine.stats.compiles}; step dispatches ${engine.stats.dispatches}; host ms per step ${hostMs.map((x) => x.toFixed(1)).join(', ')}`);
+      assert.ok(engine.stats.compiles <= 2 + 3, `compiled ${engine.stats.compiles} plans`);
+    } finally {
+      gen.dispose();
+      engine.destroy();
+    }
+  });
+});
