@@ -16,6 +16,13 @@
 //   - 'Cr' (RandomCrop to the cut size, which the pooled cutouts already have) is the identity it is there;
 //   - 'Sh' (sharpness), 'Et' (elastic) and 'Ts' (thin-plate spline) are not implemented: a UserError says so.
 // The warp gathers four taps per output pixel with gatherRows, so its gradient is a scatter-add into the input.
+//
+// The ops an augmentation makes depend only on its settings and the batch size, never on its random draws (a
+// compiled plan traced once replays every step with new data): a sample that its coin skips gets identity
+// parameters (identity taps, colour matrix I, noise 0), a skipped erase an all-ones mask, and ColorJitter's random
+// order is data too: each enabled transform is one slot clamp(M y + k mean(grey(y))), and the drawn order decides
+// which transform's parameters (M, k) each slot gets. One consequence: a jitter that skips every sample of the batch
+// still clamps to [0, 1] (as skipped samples of a batch with jittered ones always were).
 import { UserError } from '../cli/errors.ts';
 import type { Ops } from '../engine/ops.ts';
 import type { Rng } from '../util/rng.ts';
@@ -263,12 +270,12 @@ function warp<T>(o: Ops<T>, x: T, n: number, run: { spec: AugmentSpec; rng: Rng 
 
 /**
  * Resamples each sample b of `x` ([1 or n, H, W, C]; 1 = shared) through its stages (applied first to last; the
- * output pixel p comes from position inv_1(... inv_k(p))) with bilinear taps; returns [n, H, W, C].
+ * output pixel p comes from position inv_1(... inv_k(p))) with bilinear taps; returns [n, H, W, C]. A sample without
+ * stages is copied (one tap of weight 1): the ops are the same whatever the stages.
  */
 export function warpBatch<T>(o: Ops<T>, x: T, stages: WarpStage[][]): T {
   const [n0, h, w, c] = o.shape(x);
   const n = stages.length;
-  if (stages.every((s) => s.length === 0)) return x;
 
   const hw = h * w;
   const index = Array.from({ length: 4 }, () => new Int32Array(n * hw));
@@ -349,8 +356,11 @@ function colorMatrix<T>(o: Ops<T>, x: T, mats: Float32Array, n: number): T {
   return o.reshape(o.matmul(o.reshape(x, [n, h * w, 3]), o.constant(t, [n, 3, 3])), [n, h, w, 3]);
 }
 
-function grey<T>(o: Ops<T>, x: T): T {
-  return o.sum(o.mul(x, o.constant(Float32Array.from(GREY), [1, 1, 1, 3])), [3], true);
+const IDENTITY3: Mat3 = [1, 0, 0, 0, 1, 0, 0, 0, 1];
+
+/** The mean of each sample's grey image, [n, 1, 1, 1], as the grey value of its mean colour (one pass over x). */
+function meanGrey<T>(o: Ops<T>, x: T, grey: Float32Array): T {
+  return o.sum(o.mul(o.mean(x, [1, 2], true), o.constant(grey, [1, 1, 1, 3])), [3], true);
 }
 
 /** Hue rotation by `turns` of a full circle as a 3x3 RGB matrix (rotation of I/Q in YIQ space). */
@@ -382,19 +392,27 @@ function photometric<T>(o: Ops<T>, x: T, n: number, spec: AugmentSpec, rng: Rng)
         const t = rng.uniformRange(-spec.hue, spec.hue);
         return on ? t : 0;
       });
-      if (!apply.includes(true)) return x;
-      const col = (f: Float32Array) => o.constant(f, [n, 1, 1, 1]);
-      const oneMinus = (f: Float32Array) => o.constant(Float32Array.from(f, (v) => 1 - v), [n, 1, 1, 1]);
+      // One slot per enabled transform, in the drawn order; every slot is clamp(M y + k meanGrey(y)) per sample:
+      // brightness M = f I; contrast M = f I, k = 1 - f; saturation M = f I + (1 - f) [grey; grey; grey]; hue the
+      // YIQ rotation. Skipped samples have factors 1 and hue 0, i.e. M = I, k = 0.
+      const enabled = [spec.brightness, spec.contrast, spec.saturation, spec.hue];
+      const grey = Float32Array.from(GREY);
       let y = x;
-      for (const op of order) {
-        if (op === 0 && spec.brightness > 0) y = o.clamp(o.mul(y, col(fb)), 0, 1);
-        if (op === 1 && spec.contrast > 0) y = o.clamp(o.add(o.mul(y, col(fc)), o.mul(o.mean(grey(o, y), [1, 2, 3], true), oneMinus(fc))), 0, 1);
-        if (op === 2 && spec.saturation > 0) y = o.clamp(o.add(o.mul(y, col(fs)), o.mul(grey(o, y), oneMinus(fs))), 0, 1);
-        if (op === 3 && spec.hue > 0) {
-          const mats = new Float32Array(n * 9);
-          hues.forEach((t, b) => mats.set(t === 0 ? [1, 0, 0, 0, 1, 0, 0, 0, 1] : hueMatrix(t), b * 9));
-          y = o.clamp(colorMatrix(o, y, mats, n), 0, 1);
+      for (const op of order.filter((t) => enabled[t] > 0)) {
+        const mats = new Float32Array(n * 9);
+        const k = new Float32Array(n);
+        for (let b = 0; b < n; b++) {
+          const m = mats.subarray(b * 9, (b + 1) * 9);
+          if (op === 3) m.set(hues[b] === 0 ? IDENTITY3 : hueMatrix(hues[b]));
+          else {
+            const f = [fb, fc, fs][op][b];
+            for (let r = 0; r < 3; r++) for (let q = 0; q < 3; q++) m[r * 3 + q] = (r === q ? f : 0) + (op === 2 ? (1 - f) * grey[q] : 0);
+            if (op === 1) k[b] = 1 - f;
+          }
         }
+        let z = colorMatrix(o, y, mats, n);
+        if (spec.contrast > 0) z = o.add(z, o.mul(meanGrey(o, y, grey), o.constant(k, [n, 1, 1, 1])));
+        y = o.clamp(z, 0, 1);
       }
       return y;
     }
@@ -409,21 +427,15 @@ function photometric<T>(o: Ops<T>, x: T, n: number, spec: AugmentSpec, rng: Rng)
       const ew = Math.min(Math.max(Math.round(Math.sqrt(area / aspect)), 1), w);
       const x0 = Math.floor(rng.uniformRange(0, w - ew + 1));
       const y0 = Math.floor(rng.uniformRange(0, h - eh + 1));
-      if (!apply) return x;
       const mask = new Float32Array(h * w).fill(1);
-      for (let yy = y0; yy < y0 + eh; yy++) mask.fill(0, yy * w + x0, yy * w + x0 + ew);
+      if (apply) for (let yy = y0; yy < y0 + eh; yy++) mask.fill(0, yy * w + x0, yy * w + x0 + ew);
       return o.mul(x, o.constant(mask, [1, h, w, 1]));
     }
     case 'gaussianNoise': {
       const per = h * w * c;
       const noise = new Float32Array(n * per);
-      let any = false;
-      for (let b = 0; b < n; b++) {
-        if (!rng.bernoulli(spec.p)) continue;
-        any = true;
-        rng.fork(b).fillNormal(noise.subarray(b * per, (b + 1) * per), 0, spec.std);
-      }
-      return any ? o.add(x, o.constant(noise, [n, h, w, c])) : x;
+      for (let b = 0; b < n; b++) if (rng.bernoulli(spec.p)) rng.fork(b).fillNormal(noise.subarray(b * per, (b + 1) * per), 0, spec.std);
+      return o.add(x, o.constant(noise, [n, h, w, c]));
     }
     default:
       throw new Error(`not a photometric augmentation: ${spec.kind}`);

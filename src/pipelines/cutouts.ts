@@ -19,11 +19,15 @@
 //                   of 224 from 256x256, forward + backward): latest ~10 s (tfjs wasm gather ~0.2 us per element),
 //                   original ~7 s, fast ~6 s.
 // Every random choice comes from the rng handed in (forks 'boxes', 'augment', 'noise'), so a seed fixes the cutouts.
+// The random choices only ever become constant DATA: the ops a call makes (kinds, shapes, attrs) depend only on the
+// settings (method, cutn, cutSize, image size, augments, noise factor), so a compiled plan traced once replays
+// every step with new crops, warps and noise (test/cutouts-structure.test.ts).
 //
 // Resampling and pooling are written as matrices applied along H and W with matmul: resample = Bicubic (dh x h) @
 // Lanczos-with-reflect-padding (h x h), computed in float64 and rounded once; average pooling = window-averaging
 // matrices; max pooling = elementwise maximum over one-hot row/column selections. Matmul's gradient is exact on every
-// backend (tfjs's own resize/maxPool gradients are not, see ENGINE.md); a crop costs two small matmuls.
+// backend (tfjs's own resize/maxPool gradients are not, see ENGINE.md). A crop is not sliced out: its resampling
+// matrices are widened to the whole image (zero outside the crop), so all crops are two fixed-shape matmuls.
 import { UserError } from '../cli/errors.ts';
 import type { Ops } from '../engine/ops.ts';
 import type { Rng } from '../util/rng.ts';
@@ -70,13 +74,11 @@ export function makeCutouts<T>(o: Ops<T>, image: T, cfg: CutoutConfig, rng: Rng)
     }
     case 'nrupdated': {
       const specs = augmentSpecs(cfg.augments ?? DEFAULT_AUGMENTS, 'nrupdated');
-      const boxes = drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize);
-      const cuts = o.concat(boxes.map((b) => resampleCrop(o, image, b, cutSize, 'resample')), 0);
+      const cuts = cropAndResample(o, image, drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize), cutSize, 'resample');
       return addCutoutNoise(o, augment(o, cuts, cutn, specs, rng.fork('augment')), noiseFac, rng.fork('noise'));
     }
     case 'fast': {
-      const boxes = drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize);
-      const cuts = o.concat(boxes.map((b) => resampleCrop(o, image, b, cutSize, 'bilinear')), 0);
+      const cuts = cropAndResample(o, image, drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize), cutSize, 'bilinear');
       return addCutoutNoise(o, cuts, noiseFac, rng.fork('noise'));
     }
   }
@@ -109,20 +111,42 @@ export function drawOrigBoxes(rng: Rng, cutn: number, cutPow: number, h: number,
 
 /** MakeCutoutsOrig.forward with given boxes: crop, resample to cutSize, concatenate, clamp_with_grad(0, 1). */
 export function makeCutoutsOrig<T>(o: Ops<T>, image: T, cutSize: number, boxes: readonly CutBox[]): T {
-  return o.clampWithGrad(o.concat(boxes.map((b) => resampleCrop(o, image, b, cutSize, 'resample')), 0), 0, 1);
+  return o.clampWithGrad(cropAndResample(o, image, boxes, cutSize, 'resample'), 0, 1);
 }
 
-function resampleCrop<T>(o: Ops<T>, image: T, b: CutBox, cutSize: number, kind: 'resample' | 'bilinear'): T {
+/**
+ * The crops of `image` [1, H, W, C] resampled to cutSize: [boxes.length, cutSize, cutSize, C]. Cutout b is
+ * Ry_b . image . Rx_b^T per channel, where Ry_b = Resample(cutSize x size) . RowSelect(size x H, offsetY) (and Rx_b
+ * likewise along W) is a [cutSize, H] matrix that is zero outside the crop's rows. The ops depend only on the number
+ * of boxes, cutSize and the image size; the boxes are the matrices' data (a compiled plan replays with new crops).
+ * Cost: the crop's matmuls widened to the whole image (about 1-2x their FLOPs for crops of half to all of it).
+ */
+function cropAndResample<T>(o: Ops<T>, image: T, boxes: readonly CutBox[], cutSize: number, kind: 'resample' | 'bilinear'): T {
   const [n, h, w, c] = o.shape(image);
-  if (b.offsetY < 0 || b.offsetX < 0 || b.offsetY + b.size > h || b.offsetX + b.size > w) {
-    throw new RangeError(`crop ${JSON.stringify(b)} outside a ${h}x${w} image`);
-  }
-  const crop = o.slice(image, [0, b.offsetY, b.offsetX, 0], [n, b.size, b.size, c]);
-  const mt = o.constant(cachedMatrix(kind, b.size, cutSize), [cutSize, b.size]);
-  return applySeparable(o, crop, mt, mt);
+  if (n !== 1) throw new RangeError(`cutouts of a batch of ${n} images (one image expected)`);
+  const cutn = boxes.length;
+  const ry = new Float32Array(cutn * cutSize * h);
+  const rx = new Float32Array(cutn * cutSize * w);
+  boxes.forEach((b, k) => {
+    if (b.offsetY < 0 || b.offsetX < 0 || b.offsetY + b.size > h || b.offsetX + b.size > w) {
+      throw new RangeError(`crop ${JSON.stringify(b)} outside a ${h}x${w} image`);
+    }
+    const m = cachedMatrix(kind, b.size, cutSize);
+    for (let i = 0; i < cutSize; i++) {
+      const row = m.subarray(i * b.size, (i + 1) * b.size);
+      ry.set(row, (k * cutSize + i) * h + b.offsetY);
+      rx.set(row, (k * cutSize + i) * w + b.offsetX);
+    }
+  });
+  // Along W first, for every cutout in one matmul (the image is shared): [cutn * cut, W] @ [W, H * C].
+  const cols = o.reshape(o.transpose(o.reshape(image, [h, w, c]), [1, 0, 2]), [w, h * c]);
+  const a = o.reshape(o.matmul(o.constant(rx, [cutn * cutSize, w]), cols), [cutn, cutSize, h, c]);
+  // Then along H per cutout: [cutn, cut, H] @ [cutn, H, cut * C], which is already NHWC.
+  const at = o.reshape(o.transpose(a, [0, 2, 1, 3]), [cutn, h, cutSize * c]);
+  return o.reshape(o.matmul(o.constant(ry, [cutn, cutSize, h]), at), [cutn, cutSize, cutSize, c]);
 }
 
-// Crop sizes repeat from step to step (at most short side - cut size + 1 of them): keep their matrices.
+// Crop sizes repeat from step to step (at most short side - cut size + 1 of them): keep their [cut, size] matrices.
 const matrixCache = new Map<string, Float32Array>();
 const MATRIX_CACHE_ENTRIES = 128;
 
