@@ -53,7 +53,7 @@ test('the App runs a prompt, shows progress and losses, and Esc stops the run', 
   const run = async (args: GenerateArgs, signal: AbortSignal, emit: (e: GenerateEvent) => void): Promise<RunSummary> => {
     calls.push(args);
     const settings = { ...DEFAULT_SETTINGS, prompts: args.prompt!, seed: 9, iterations: 100 };
-    emit({ type: 'start', output: 'outputs/x.png', settings, models: [], backend: 'wasm', lossNames: ['a red apple'], fromIteration: 0, sideX: 64, sideY: 64 });
+    emit({ type: 'start', output: 'outputs/x.png', settings, models: [], backend: 'wasm', engine: 'tfjs', lossNames: ['a red apple'], fromIteration: 0, sideX: 64, sideY: 64 });
     emit({ type: 'step', iteration: 10, iterations: 100, losses: [0.8123], lossNames: ['a red apple'], total: 0.8123, itPerSec: 2.5, etaSeconds: 36 });
     while (!signal.aborted) await tick(10);
     aborted = true;

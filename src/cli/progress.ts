@@ -34,7 +34,7 @@ export function textReporter(opts: { stream?: NodeJS.WriteStream; quiet?: boolea
     switch (e.type) {
       case 'start': {
         const s = e.settings;
-        write(`vqclip: ${e.fromIteration ? `resuming at iteration ${e.fromIteration}` : 'generating'} ${e.sideX}x${e.sideY}, ${s.iterations} iterations, seed ${s.seed}, backend ${e.backend}`);
+        write(`vqclip: ${e.fromIteration ? `resuming at iteration ${e.fromIteration}` : 'generating'} ${e.sideX}x${e.sideY}, ${s.iterations} iterations, seed ${s.seed}, backend ${e.backend}${e.engine === 'compiled' ? ' (compiled engine)' : ''}`);
         write(`  models: ${e.models.map((m) => `${m.role} ${m.name}${m.weight !== undefined && m.role === 'clip' ? ` x${m.weight}` : ''}`).join(', ')}`);
         write(`  output: ${e.output}`);
         break;

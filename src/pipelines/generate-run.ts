@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { UserError } from '../cli/errors.ts';
-import type { Executor, Ops } from '../engine/ops.ts';
+import type { Executor } from '../engine/ops.ts';
+import { tfOps } from '../engine/tfjs-ops.ts';
 import { FormatError, type HostTensor } from '../formats/host-tensor.ts';
 import { SafetensorsFile, writeSafetensors } from '../formats/safetensors.ts';
 import { readPngText, writePng } from '../io/image.ts';
@@ -35,7 +36,7 @@ export interface RunRecord {
 }
 
 export type GenerateEvent =
-  | { type: 'start'; output: string; settings: GenerateSettings; models: ModelRecord[]; backend: string; lossNames: string[]; fromIteration: number; sideX: number; sideY: number }
+  | { type: 'start'; output: string; settings: GenerateSettings; models: ModelRecord[]; backend: string; engine: string; lossNames: string[]; fromIteration: number; sideX: number; sideY: number }
   | { type: 'step'; iteration: number; iterations: number; losses: number[]; lossNames: string[]; total: number; itPerSec: number; etaSeconds: number }
   | { type: 'saved'; path: string; iteration: number; kind: 'progress' | 'frame' | 'final' }
   | { type: 'interrupted'; output: string; resumeFile: string; iteration: number }
@@ -51,6 +52,8 @@ export interface RunRequest {
   /** Continue the run saved in this state file. */
   resumeFile?: string;
   backend: string;
+  /** The engine's name for the record ('tfjs' or 'compiled'; default tfjs). */
+  engine?: string;
   signal?: AbortSignal;
   onEvent?: (e: GenerateEvent) => void;
   /** Start from this latent instead of settings.init (e.g. a prior sample), NHWC. */
@@ -148,7 +151,8 @@ async function priorLatent<T>(ex: Executor<T>, files: { ckpt: string; config?: s
   const { loadPrior, gptWeightTensors } = await import('../models/gpt.ts');
   const { gridForSize, sampleCodes } = await import('./sample.ts');
   const { codebookEntries } = await import('../models/vqgan.ts');
-  const o = ex.ops as unknown as Ops<tf.Tensor>;
+  // The prior samples on tfjs whatever the engine: a token-by-token loop with a growing cache is not a fixed plan.
+  const o = tfOps;
   const prior = await loadPrior(o, files.ckpt, files.config);
   try {
     if (prior.factor !== f || prior.config.firstStage.nEmbed !== models.vqgan.config.nEmbed) {
@@ -219,7 +223,7 @@ export async function runGenerate<T>(ex: Executor<T>, req: RunRequest, weightsDi
       settings,
       models: models.records,
       backend: req.backend,
-      engine: 'tfjs',
+      engine: req.engine ?? 'tfjs',
       iteration,
       losses,
       created: new Date().toISOString(),
@@ -233,7 +237,7 @@ export async function runGenerate<T>(ex: Executor<T>, req: RunRequest, weightsDi
       emit({ type: 'saved', path: file, iteration, kind });
     };
 
-    emit({ type: 'start', output, settings, models: models.records, backend: req.backend, lossNames: gen.lossNames, fromIteration: gen.iteration, sideX: gen.sideX, sideY: gen.sideY });
+    emit({ type: 'start', output, settings, models: models.records, backend: req.backend, engine: req.engine ?? 'tfjs', lossNames: gen.lossNames, fromIteration: gen.iteration, sideX: gen.sideX, sideY: gen.sideY });
     let last = { losses: [] as number[], total: NaN };
     const startIter = gen.iteration;
     const tLoop = performance.now();

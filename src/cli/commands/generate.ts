@@ -4,6 +4,7 @@
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { initBackend, shutdownBackend, type BackendChoice } from '../../engine/backend.ts';
+import { chooseEngine, parseEngine, type ChosenEngine } from '../../engine/engines.ts';
 import { tfExecutor } from '../../engine/tfjs-ops.ts';
 import { CUT_METHODS, parseCutMethod } from '../../pipelines/cutouts.ts';
 import { DEFAULT_SETTINGS, type GenerateSettings } from '../../pipelines/generate.ts';
@@ -20,6 +21,7 @@ import { interruptible } from '../interrupt.ts';
 import { textReporter } from '../progress.ts';
 
 export interface GenerateArgs {
+  engine?: string;
   prompt?: string;
   prompts?: string;
   imagePrompts?: string;
@@ -129,7 +131,9 @@ export function defaultOutput(settings: GenerateSettings, output: string | undef
 }
 
 /** The whole command on an already initialised backend (tests call this). */
-export async function runGenerateCommand(a: GenerateArgs, opts: { signal?: AbortSignal; backend: string; log?: (e: Parameters<ReturnType<typeof textReporter>>[0]) => void }): Promise<RunSummary> {
+export async function runGenerateCommand(a: GenerateArgs, opts: { signal?: AbortSignal; backend: string; engine?: ChosenEngine; log?: (e: Parameters<ReturnType<typeof textReporter>>[0]) => void }): Promise<RunSummary> {
+  const ex = opts.engine?.ex ?? tfExecutor;
+  const engine = opts.engine?.name ?? 'tfjs';
   if (a.from && a.resume) throw new UserError('--from and --resume cannot be combined', '--resume continues an interrupted run; --from starts a new run with recorded settings');
   let base: GenerateSettings | undefined;
   let models = modelChoiceFromArgs(a);
@@ -139,11 +143,11 @@ export async function runGenerateCommand(a: GenerateArgs, opts: { signal?: Abort
     models ??= await choiceFromRecords(rec.models, path.resolve('weights'), (l) => process.stderr.write(`${l}\n`));
   }
   if (a.resume) {
-    return runGenerate(tfExecutor, { settings: DEFAULT_SETTINGS as GenerateSettings, models: {}, output: '', resumeFile: a.resume, backend: opts.backend, signal: opts.signal, onEvent: opts.log });
+    return runGenerate(ex, { settings: DEFAULT_SETTINGS as GenerateSettings, models: {}, output: '', resumeFile: a.resume, backend: opts.backend, engine, signal: opts.signal, onEvent: opts.log });
   }
   const settings = settingsFromArgs(a, base);
   const frames = a.frames === true ? defaultOutput(settings, a.output).replace(/\.png$/i, '-frames') : a.frames || undefined;
-  return runGenerate(tfExecutor, { settings, models: models ?? {}, output: defaultOutput(settings, a.output), frames, backend: opts.backend, signal: opts.signal, onEvent: opts.log });
+  return runGenerate(ex, { settings, models: models ?? {}, output: defaultOutput(settings, a.output), frames, backend: opts.backend, engine, signal: opts.signal, onEvent: opts.log });
 }
 
 export function generateOptions<T>(y: Argv<T>) {
@@ -181,18 +185,23 @@ export function generateOptions<T>(y: Argv<T>) {
     .option('frames', { describe: 'also write each saved step as a frame (into DIR, default <output>-frames)' })
     .option('from', { type: 'string', describe: 'replay the settings and models recorded in a PNG made by vqclip (flags given override)' })
     .option('resume', { type: 'string', describe: 'continue an interrupted run from its .resume.safetensors file' })
+    .option('engine', { type: 'string', describe: "auto, tfjs or compiled (WebGPU: the step planned once into WGSL dispatches and replayed); auto = compiled on webgpu (or VQCLIP_ENGINE)" })
     .option('json', { type: 'boolean', describe: 'print a one-line JSON summary on stdout at the end' })
     .option('quiet', { alias: 'q', type: 'boolean', describe: 'no progress output' });
 }
 
 export async function generateHandler(a: GenerateArgs): Promise<void> {
+  const engineChoice = parseEngine(a.engine);
   const report = await initBackend(a.backend as BackendChoice);
   const { signal, release } = interruptible();
+  let engine: ChosenEngine | undefined;
   try {
-    const summary = await runGenerateCommand(a, { signal, backend: report.backend, log: textReporter({ quiet: a.quiet }) });
-    if (a.json) process.stdout.write(`${JSON.stringify({ ...summary, backend: report.backend })}\n`);
+    engine = chooseEngine(engineChoice, report);
+    const summary = await runGenerateCommand(a, { signal, backend: report.backend, engine, log: textReporter({ quiet: a.quiet }) });
+    if (a.json) process.stdout.write(`${JSON.stringify({ ...summary, backend: report.backend, engine: engine.name })}\n`);
     if (summary.interrupted) process.exitCode = 130;
   } finally {
+    engine?.destroy();
     release();
     await shutdownBackend();
   }

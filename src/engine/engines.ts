@@ -1,0 +1,38 @@
+// Which engine runs the models: tfjs (op by op on the chosen tfjs backend: the reference, and the only engine on
+// CPUs) or compiled (the graph planned once into WGSL dispatches and replayed: WebGPU only). `auto` takes compiled
+// on webgpu and tfjs elsewhere.
+import { UserError } from '../cli/errors.ts';
+import type { BackendReport } from './backend.ts';
+import { CompiledEngine } from './compiled.ts';
+import type { Executor } from './ops.ts';
+import { tfExecutor } from './tfjs-ops.ts';
+import { currentWebGPU } from './webgpu.ts';
+
+export const ENGINE_CHOICES = ['auto', 'tfjs', 'compiled'] as const;
+export type EngineChoice = (typeof ENGINE_CHOICES)[number];
+
+export interface ChosenEngine {
+  name: 'tfjs' | 'compiled';
+  // The pipelines are generic in the tensor type; each engine brings its own.
+  ex: Executor<unknown>;
+  /** The compiled engine, for its statistics. */
+  compiled?: CompiledEngine;
+  destroy(): void;
+}
+
+export function parseEngine(text: string | undefined): EngineChoice {
+  const v = (text ?? process.env.VQCLIP_ENGINE ?? 'auto').trim().toLowerCase();
+  const found = ENGINE_CHOICES.find((e) => e === v);
+  if (!found) throw new UserError(`unknown engine '${text}'`, `choose one of ${ENGINE_CHOICES.join(', ')}`);
+  return found;
+}
+
+export function chooseEngine(choice: EngineChoice, report: BackendReport): ChosenEngine {
+  const gpu = report.backend === 'webgpu' ? currentWebGPU() : undefined;
+  if (choice === 'compiled' && !gpu) {
+    throw new UserError(`--engine compiled needs the webgpu backend (this run uses ${report.backend})`, 'add --backend webgpu, or use --engine tfjs');
+  }
+  if (choice === 'tfjs' || !gpu) return { name: 'tfjs', ex: tfExecutor as Executor<unknown>, destroy: () => {} };
+  const compiled = new CompiledEngine(gpu.device);
+  return { name: 'compiled', ex: compiled.executor as Executor<unknown>, compiled, destroy: () => compiled.destroy() };
+}
