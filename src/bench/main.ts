@@ -1,4 +1,4 @@
-// `npm run bench [-- --only engine,vqgan,clip,gpt,load,generate] [--backend wasm] [--quick]`
+// `npm run bench [-- --only engine,vqgan,clip,gpt,load,generate,compiled] [--backend wasm] [--quick]`
 // Runs every benchmark in one process on one backend, so the ratios it prints compare figures of one run.
 // Each section prints its own lines next to the PyTorch anchors in ../shared/anchors.
 import os from 'node:os';
@@ -20,6 +20,7 @@ const sections: Record<string, () => Promise<BenchFn>> = {
   clip: async () => (await import('./clip.ts')).benchClip as BenchFn,
   gpt: async () => (await import('./gpt.ts')).benchGpt as BenchFn,
   generate: async () => (await import('./generate.ts')).benchGenerate as BenchFn,
+  compiled: async () => (await import('./compiled.ts')).benchCompiled as BenchFn,
 };
 
 const argv = await yargs(hideBin(process.argv))

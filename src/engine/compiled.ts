@@ -13,6 +13,7 @@
 //   outputs to the inputs inside the same submission). A structure change (e.g. the optimiser's buffers appearing
 //   after its first step, or a story switching to a phrase with more prompts) is handled by compiling again.
 import { gradient } from './graph/autodiff.ts';
+import { fuseElementwise } from './graph/fuse.ts';
 import type { Graph, Node } from './graph/ir.ts';
 import { GraphBuilder, type Recording, type Sym } from './graph/trace.ts';
 import type { Executor, HostValue, LoopSpec as LoopSpecOf, Ops, TrainingLoop } from './ops.ts';
@@ -88,9 +89,10 @@ export class CompiledEngine {
 
   constructor(
     readonly device: GPUDevice,
-    opts: { maxCachedPlans?: number } = {},
+    opts: { maxCachedPlans?: number; submit?: boolean } = {},
   ) {
     this.maxCached = opts.maxCachedPlans ?? 8;
+    this.submit = opts.submit ?? true;
     const l = device.limits;
     this.limits = {
       ...DEFAULT_LIMITS,
@@ -126,6 +128,8 @@ export class CompiledEngine {
   }
 
   private readonly maxCached: number;
+  /** false: plans are encoded but never submitted (host-time benchmarks, see CompileOptions.submit). */
+  private readonly submit: boolean;
 
   /** Runs fn with the engine's ops going to `o` (a replay) instead of the builder. */
   withOps<R>(o: Ops<Sym>, fn: () => R): R {
@@ -138,9 +142,14 @@ export class CompiledEngine {
     }
   }
 
+  /**
+   * Elementwise groups fused (graph/fuse.ts keeps node ids, so const ids stay valid for updateConst and the names of
+   * inputs and outputs are untouched), then lowered and placed.
+   */
   private planFor(graph: Graph): Plan {
     const l = this.device.limits;
-    return planGraph(graph, lowerings, this.limits, {
+    const fused = fuseElementwise(graph, { maxInputs: Math.min(8, l.maxStorageBuffersPerShaderStage) - 1 });
+    return planGraph(fused, lowerings, this.limits, {
       alignment: Math.max(16, l.minStorageBufferOffsetAlignment),
       maxBindingSize: l.maxStorageBufferBindingSize,
       maxBufferSize: l.maxBufferSize,
@@ -174,7 +183,7 @@ export class CompiledEngine {
       this.cache.set(key, cached);
     } else {
       const plan = this.planFor(graph);
-      const compiled = await compilePlan(this.device, plan);
+      const compiled = await compilePlan(this.device, plan, { submit: this.submit });
       this.stats.compiles++;
       const consts = graph.nodes.filter((n) => n.op === 'const').map((n) => ({ id: n.id, data: (n.attrs as { data: Data }).data }));
       cached = { compiled, consts, plan };
@@ -210,7 +219,7 @@ export class CompiledEngine {
     this.stats.dispatches = plan.dispatches.length;
     this.stats.arenaBytes = plan.memory.arenaBytes;
     this.stats.constBytes = plan.memory.constBytes;
-    return compilePlan(this.device, plan, { carry }).then((compiled) => ({ compiled, plan }));
+    return compilePlan(this.device, plan, { carry, submit: this.submit }).then((compiled) => ({ compiled, plan }));
   }
 
   destroy(): void {

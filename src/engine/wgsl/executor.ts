@@ -19,6 +19,11 @@ export interface CompileOptions {
    * are copied into the input (in the same submission), e.g. { z: 'zNext', m: 'mNext' } for an optimizer step.
    */
   carry?: Record<string, string>;
+  /**
+   * false: runs encode everything but submit nothing (host-cost benchmarks on an adapter too slow to run the work;
+   * reads then give the buffers' old contents).
+   */
+  submit?: boolean;
 }
 
 export interface CompiledGraph {
@@ -167,7 +172,7 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
       }
       const commands = enc.finish();
       lastEncodeMs = performance.now() - t0;
-      device.queue.submit([commands]);
+      if (opts.submit !== false) device.queue.submit([commands]);
       const err = device.popErrorScope();
       const prev = pending;
       pending = prev ? Promise.all([prev, err]).then(([a, b]) => a ?? b) : err;

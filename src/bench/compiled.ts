@@ -1,0 +1,95 @@
+// The compiled engine (src/engine/compiled.ts) on one CLIP-guided iteration at the real shapes (f16_16384 decoder +
+// ViT-B/32, random weights): plan size (nodes, dispatches, pipelines, arena and constant bytes vs the sum of all
+// values), the time to trace and plan, and per replayed step the HOST time: re-running the pipeline's functions on
+// the replay recorder (which also makes the step's cutout matrices and noise), uploading the constants that changed,
+// and encoding the dispatches. On a hardware adapter it also runs the steps and reports the wall time per iteration
+// (one readback per step: the losses). On the software adapter the work is encoded but not submitted (llvmpipe would
+// take hours at these sizes), so only host figures are printed.
+//
+//   node --import tsx src/bench/compiled.ts [--size 256] [--cutn 32] [--cut-method original] [--steps 6] [--backend webgpu]
+//   (or: npm run bench -- --only compiled)
+import { CompiledEngine } from '../engine/compiled.ts';
+import { createWebGPUDevice, currentWebGPU } from '../engine/webgpu.ts';
+import { clipWeights } from '../models/clip-load.ts';
+import { ByteTokenizer } from '../models/demo.ts';
+import { SyntheticWeights } from '../models/synthetic.ts';
+import { vqganWeights } from '../models/vqgan.ts';
+import type { CutMethod } from '../pipelines/cutouts.ts';
+import { DEFAULT_SETTINGS, Generation } from '../pipelines/generate.ts';
+import { VIT_B_32 } from './clip.ts';
+import { runStandalone } from './entry.ts';
+import { F16_16384 } from './vqgan.ts';
+
+const ANCHOR_MS: Record<number, number> = { 256: 75.7, 512: 193 };
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+export interface CompiledBenchOptions {
+  quick?: boolean;
+  size?: number;
+  cutn?: number;
+  cutMethod?: CutMethod;
+  steps?: number;
+}
+
+export async function benchCompiled(log: (line: string) => void, opts: CompiledBenchOptions = {}): Promise<void> {
+  const own = currentWebGPU() ? undefined : await createWebGPUDevice('allow').catch((e: Error) => e);
+  if (own instanceof Error) {
+    log(`compiled engine: no WebGPU adapter (${own.message.split('\n')[0]}); skipped`);
+    return;
+  }
+  const setup = currentWebGPU() ?? own!;
+  const hardware = !setup.info.software;
+  const size = opts.size ?? (opts.quick ? 128 : 256);
+  const cutn = opts.cutn ?? (opts.quick ? 8 : 32);
+  const method = opts.cutMethod ?? 'original';
+  const steps = opts.steps ?? (opts.quick ? 4 : 6);
+  const engine = new CompiledEngine(setup.device, { submit: hardware });
+  const o = engine.ops;
+  let gen: Generation<unknown> | undefined;
+  try {
+    const tModels = performance.now();
+    const vw = vqganWeights(o, new SyntheticWeights(16384), F16_16384, { encoder: false });
+    const cw = clipWeights(o, new SyntheticWeights(32), VIT_B_32);
+    log(`compiled engine on ${setup.info.device || setup.info.description} (${hardware ? 'hardware: runs submitted' : 'software: encoded, not submitted'}); random weights in ${((performance.now() - tModels) / 1000).toFixed(1)} s`);
+    const settings = { ...DEFAULT_SETTINGS, prompts: 'a watercolor lighthouse at dawn', width: size, height: size, cutn, cutMethod: method, seed: 1, iterations: steps };
+    gen = (await Generation.create(engine.executor, { name: 'f16_16384', config: F16_16384, weights: vw }, [{ name: 'ViT-B/32', config: VIT_B_32, weights: cw, tokenizer: new ByteTokenizer(77), weight: 1 }], settings)) as Generation<unknown>;
+    const rows: { wall: number; host: number; replay: number; encode: number; compiles: number }[] = [];
+    for (let i = 0; i < steps; i++) {
+      const before = engine.stats.compiles;
+      const t = performance.now();
+      await gen.step();
+      const wall = performance.now() - t;
+      const s = engine.stats;
+      rows.push({ wall, host: s.lastStepReplayMs + s.lastStepEncodeMs, replay: s.lastStepReplayMs, encode: s.lastStepEncodeMs, compiles: s.compiles - before });
+      log(`  step ${i + 1}: ${rows[i].compiles ? `planned + compiled (${(wall / 1000).toFixed(1)} s)` : 'replayed'}; host ${rows[i].host.toFixed(2)} ms (replay ${rows[i].replay.toFixed(2)}, encode ${rows[i].encode.toFixed(2)})${hardware ? `; wall ${wall.toFixed(1)} ms` : ''}`);
+    }
+    const s = engine.stats;
+    log(`  plan: ${engine.builder.graph.nodes.length} graph nodes traced in all; step plan ${s.dispatches} dispatches, arena ${mib(s.arenaBytes)}, constants ${mib(s.constBytes)}`);
+    const replayed = rows.filter((r) => r.compiles === 0);
+    if (!replayed.length) {
+      log(`iteration ${size}x${size}/${cutn} (${method}): no step replayed (the step's structure changed every step: see CompiledLoop)`);
+      return;
+    }
+    const host = median(replayed.map((r) => r.host));
+    const line = `iteration ${size}x${size}/${cutn} (${method}), compiled: host ${host.toFixed(2)} ms per step (median of ${replayed.length} replays; goal <= 5 ms)`;
+    if (hardware) {
+      const wall = median(replayed.map((r) => r.wall));
+      const a = ANCHOR_MS[size];
+      log(`${line}; wall ${wall.toFixed(1)} ms = ${(1000 / wall).toFixed(1)} it/s${a ? ` vs PyTorch H200 ${a} ms (${(wall / a).toFixed(2)}x)` : ''}`);
+    } else log(line);
+  } finally {
+    gen?.dispose();
+    engine.destroy();
+    if (own) own.device.destroy();
+  }
+}
+
+await runStandalone('compiled', (log, a) =>
+  benchCompiled(log, {
+    quick: a.has('--quick'),
+    size: a.arg('--size') ? Number(a.arg('--size')) : undefined,
+    cutn: a.arg('--cutn') ? Number(a.arg('--cutn')) : undefined,
+    cutMethod: a.arg('--cut-method') as CutMethod | undefined,
+    steps: a.arg('--steps') ? Number(a.arg('--steps')) : undefined,
+  }), 'wasm');
