@@ -8,7 +8,7 @@
 //   groupNormGrad / layerNormGrad / softmaxGrad / the binary *Grad functions = their closed forms (ir.ts).
 // Comparisons (greater, greaterEqual) are made from sign and maximum, as Ops has none.
 import type { Ops } from '../ops.ts';
-import { describeNode, type Attrs, type Graph, type Node } from './ir.ts';
+import { describeNode, type Attrs, type FusedArg, type Graph, type Node } from './ir.ts';
 
 /** Runs the nodes the graph's outputs depend on; returns the outputs by name. */
 export function interpret<T>(o: Ops<T>, g: Graph, inputs: Record<string, T>): Record<string, T> {
@@ -132,6 +132,17 @@ class Kinds<T> {
         return o.matmul(o.oneHot(x[1], n.shape[0]), x[0], true, false);
       case 'oneHot':
         return o.oneHot(x[0], (n.attrs as Attrs['oneHot']).depth);
+      case 'fused': {
+        // A planner-made group (graph/fuse.ts): its steps are ordinary nodes, run in order.
+        const vals: T[] = [];
+        const arg = (a: FusedArg) => ('input' in a ? x[a.input] : vals[a.step]);
+        for (const s of (n.attrs as Attrs['fused']).steps) {
+          if (s.op === 'unary') vals.push(this.unary(s.attrs, arg(s.args[0])));
+          else if (s.op === 'binary') vals.push(this.binary(s.attrs, arg(s.args[0]), arg(s.args[1])));
+          else vals.push(o.reshape(arg(s.args[0]), s.shape));
+        }
+        return vals[vals.length - 1];
+      }
     }
   }
 

@@ -59,6 +59,15 @@ export type BinaryFn =
   | 'clampWithGradGrad'
   | 'asinGrad';
 
+/** An operand of a fused step: input k of the fused node, or the value of an earlier step j. */
+export type FusedArg = { input: number } | { step: number };
+
+/** One node of a fused group, as it was in the graph: its kind, attrs, operands and its own shape. */
+export type FusedStep =
+  | { op: 'unary'; attrs: Attrs['unary']; args: [FusedArg]; shape: number[] }
+  | { op: 'binary'; attrs: Attrs['binary']; args: [FusedArg, FusedArg]; shape: number[] }
+  | { op: 'reshape'; args: [FusedArg]; shape: number[] };
+
 export interface Attrs {
   input: { name: string };
   /** Host data baked into the plan (weights, masks, fixed matrices); `data.length` = product of the shape. */
@@ -110,6 +119,12 @@ export interface Attrs {
   gatherRowsGrad: Record<string, never>;
   /** Inputs indices i32 [M] -> f32 [M, depth]. */
   oneHot: { depth: number };
+  /**
+   * A group of elementwise nodes (unary, binary with broadcasting, reshapes between them) run as one kernel. Made
+   * by graph/fuse.ts for the planner only (tracing never makes one): `steps` are the group's nodes in their order,
+   * with the same semantics as the nodes themselves; the node's value is the last step's (shape node.shape).
+   */
+  fused: { steps: FusedStep[] };
 }
 
 export type OpName = keyof Attrs;
