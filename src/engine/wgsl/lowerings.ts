@@ -3,6 +3,7 @@
 import type { Lowerings } from './kernel.ts';
 import { lowerings as conv } from './kernels/conv.ts';
 import { lowerings as elementwise } from './kernels/elementwise.ts';
+import { lowerings as fused } from './kernels/fused.ts';
 import { lowerings as gather } from './kernels/gather.ts';
 import { lowerings as layout } from './kernels/layout.ts';
 import { lowerings as matmul } from './kernels/matmul.ts';
@@ -21,4 +22,4 @@ export function mergeLowerings(...tables: Lowerings[]): Lowerings {
   return all as Lowerings;
 }
 
-export const lowerings: Lowerings = mergeLowerings(elementwise, reduce, layout, gather, resize, matmul, conv, norm);
+export const lowerings: Lowerings = mergeLowerings(elementwise, fused, reduce, layout, gather, resize, matmul, conv, norm);

@@ -1,0 +1,131 @@
+// Elementwise fusion, a graph -> graph rewrite for the planner: maximal groups of elementwise nodes (unary, binary
+// with broadcasting, reshapes between them) become one `fused` node (ir.ts), i.e. one kernel instead of one per node.
+// On the compiled path the host cost of a run is per dispatch (the calls into Dawn), and most of a training step's
+// nodes are elementwise (activations, bias and residual adds, the *Grad functions, the optimiser's update chain).
+//
+// It lives with the graph, not the WGSL kernels, because it only rewrites the graph; the one kernel limit it must
+// respect (storage buffers per dispatch) comes in as `maxInputs`.
+//
+// Node ids do not change: a group's fused node takes its last node's id (its sink), and the other members stay in
+// the node list, unread (the planner skips nodes no output depends on). So constants, inputs and outputs keep their
+// ids and names, and a map from a builder's ids to the graph's stays valid.
+//
+// A group is grown from its sink towards the inputs, in decreasing id order, and a node joins only when every node
+// reading it is already in the group and it is not a graph output: then no value inside the group is needed outside
+// it, and nothing outside depends on the group except through the sink (which has the group's largest id), so the
+// rewrite keeps the graph acyclic and in topological order. A member read by several members is computed once (one
+// `let` in the kernel), so diamonds fuse without recomputation.
+//
+// Indexing: the kernel runs one invocation per element of the sink, flat index i. A step's value is needed at i read
+// in a "frame" shape of the same size as the sink: the sink's shape, or below a reshape, the reshape's input shape
+// (a reshape of the group's full size changes how i splits into coordinates, not which element it is). Broadcasting
+// composes (a [C] operand broadcast to [H,W,C] and then to [B,H,W,C] reads as [C] broadcast to [B,H,W,C]), so each
+// operand is read at its broadcast index into its reader's frame, whatever the shapes in between. Hence two rules:
+// a reshape joins only at the group's full size, and a member's readers must agree on its frame (fusedFrames).
+import { sizeOf, type FusedArg, type FusedStep, type Graph, type Node } from './ir.ts';
+
+export interface FuseOptions {
+  /** Most distinct inputs of one fused node (the kernel's storage buffers, less the output). */
+  maxInputs: number;
+}
+
+const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
+
+/** unary/binary nodes that compute something (a copy alone is a buffer alias, no kernel). */
+const computes = (n: Node): boolean => n.dtype === 'f32' && (n.op === 'binary' || (n.op === 'unary' && (n.attrs as { fn: string }).fn !== 'copy'));
+
+/**
+ * The frame of each step (see the header): the last step's is `out`; another's is the one its readers give it (a
+ * reshape reader: the step's own shape; any other reader: the reader's frame). Throws when readers disagree, when a
+ * reshape is not of the full size, or when a step has no reader (fuseElementwise never makes such groups).
+ */
+export function fusedFrames(steps: readonly FusedStep[], out: readonly number[]): number[][] {
+  const n = steps.length;
+  const size = sizeOf(out);
+  const frames: (number[] | undefined)[] = new Array(n);
+  frames[n - 1] = out.slice();
+  for (let j = n - 1; j >= 0; j--) {
+    const s = steps[j];
+    const frame = frames[j];
+    if (!frame) throw new Error(`fused step ${j} is read by no later step`);
+    if (s.op === 'reshape' && sizeOf(s.shape) !== size) throw new Error(`fused step ${j}: a reshape to [${s.shape}] in a group of ${size} elements`);
+    for (const a of s.args) {
+      if (!('step' in a)) continue;
+      const want = s.op === 'reshape' ? steps[a.step].shape : frame;
+      const had = frames[a.step];
+      if (had && !sameShape(had, want)) throw new Error(`fused step ${a.step} is read in frames [${had}] and [${want}]`);
+      frames[a.step] = want.slice();
+    }
+  }
+  return frames as number[][];
+}
+
+/**
+ * The graph with maximal elementwise groups replaced by fused nodes (same ids; see the header). Groups of fewer
+ * than two computing nodes are left as they are.
+ */
+export function fuseElementwise(g: Graph, opts: FuseOptions): Graph {
+  const nodes = g.nodes;
+  const readers: number[][] = nodes.map(() => []);
+  for (const n of nodes) for (const i of new Set(n.inputs)) readers[i].push(n.id);
+  const isOutput = new Uint8Array(nodes.length);
+  for (const id of Object.values(g.outputs)) isOutput[id] = 1;
+  const taken = new Uint8Array(nodes.length); // member of a group already
+  const out = nodes.slice();
+
+  for (let sinkId = nodes.length - 1; sinkId >= 0; sinkId--) {
+    const sink = nodes[sinkId];
+    if (taken[sinkId] || !computes(sink)) continue;
+    const size = sizeOf(sink.shape);
+    const members = new Set<number>([sinkId]);
+    const frame = new Map<number, number[]>([[sinkId, sink.shape]]);
+    const external = new Set<number>(sink.inputs);
+    // Candidates in decreasing id order: when one is decided, every reader it could have in the group is decided.
+    const candidates = new Set<number>(sink.inputs);
+    while (candidates.size > 0) {
+      const p = Math.max(...candidates);
+      candidates.delete(p);
+      const n = nodes[p];
+      const fusible = n.dtype === 'f32' && (n.op === 'unary' || n.op === 'binary' || (n.op === 'reshape' && sizeOf(n.shape) === size));
+      if (!fusible || taken[p] || isOutput[p] || !readers[p].every((r) => members.has(r))) continue;
+      const frames = readers[p].map((r) => (nodes[r].op === 'reshape' ? n.shape : frame.get(r)!));
+      if (!frames.every((f) => sameShape(f, frames[0]))) continue;
+      const grown = new Set(external);
+      grown.delete(p);
+      for (const i of n.inputs) if (!members.has(i)) grown.add(i);
+      if (grown.size > opts.maxInputs) continue;
+      members.add(p);
+      frame.set(p, frames[0]);
+      external.clear();
+      for (const i of grown) external.add(i);
+      for (const i of n.inputs) candidates.add(i);
+    }
+    const order = [...members].sort((a, b) => a - b);
+    if (order.filter((id) => computes(nodes[id])).length < 2) continue;
+    for (const id of order) taken[id] = 1;
+    out[sinkId] = fusedNode(nodes, order);
+  }
+  return { nodes: out, outputs: g.outputs };
+}
+
+/** The fused node of a group (member ids ascending; the last is the sink), inputs in order of first use. */
+function fusedNode(nodes: readonly Node[], order: number[]): Node<'fused'> {
+  const stepOf = new Map(order.map((id, j) => [id, j]));
+  const inputs: number[] = [];
+  const arg = (id: number): FusedArg => {
+    const j = stepOf.get(id);
+    if (j !== undefined) return { step: j };
+    let k = inputs.indexOf(id);
+    if (k < 0) k = inputs.push(id) - 1;
+    return { input: k };
+  };
+  const steps: FusedStep[] = order.map((id) => {
+    const n = nodes[id];
+    const shape = n.shape.slice();
+    if (n.op === 'unary') return { op: 'unary', attrs: n.attrs as Node<'unary'>['attrs'], args: [arg(n.inputs[0])], shape };
+    if (n.op === 'binary') return { op: 'binary', attrs: n.attrs as Node<'binary'>['attrs'], args: [arg(n.inputs[0]), arg(n.inputs[1])], shape };
+    return { op: 'reshape', args: [arg(n.inputs[0])], shape };
+  });
+  const sink = nodes[order[order.length - 1]];
+  return { id: sink.id, op: 'fused', inputs, attrs: { steps }, shape: sink.shape, dtype: 'f32' };
+}

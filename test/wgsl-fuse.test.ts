@@ -1,0 +1,248 @@
+// Elementwise fusion (src/engine/graph/fuse.ts) and its kernel (src/engine/wgsl/kernels/fused.ts): the rewrite's
+// structure (what may and may not join a group), its semantics on the interpreter (no device), and random
+// elementwise DAGs with broadcasting and reshapes planned fused and unfused on the software adapter, which must agree.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { fuseElementwise } from '../src/engine/graph/fuse.ts';
+import { interpret } from '../src/engine/graph/interpret.ts';
+import { sizeOf, type Attrs, type BinaryFn, type Graph } from '../src/engine/graph/ir.ts';
+import { broadcastShapes, GraphBuilder, type Sym } from '../src/engine/graph/trace.ts';
+import { tfOps } from '../src/engine/tfjs-ops.ts';
+import { createWebGPUDevice } from '../src/engine/webgpu.ts';
+import { compilePlan } from '../src/engine/wgsl/executor.ts';
+import { DEFAULT_LIMITS } from '../src/engine/wgsl/kernel.ts';
+import { lowerings } from '../src/engine/wgsl/lowerings.ts';
+import { planGraph, type PlanOptions } from '../src/engine/wgsl/plan.ts';
+import { maxAbsDiff } from './helpers.ts';
+
+const MAX_INPUTS = 7;
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+}
+
+const fusedNodes = (g: Graph) => g.nodes.filter((n, i) => n.op === 'fused' && isLive(g)[i]) as Array<{ id: number; inputs: number[]; attrs: Attrs['fused'] }>;
+
+function isLive(g: Graph): Uint8Array {
+  const live = new Uint8Array(g.nodes.length);
+  for (const id of Object.values(g.outputs)) live[id] = 1;
+  for (let i = g.nodes.length - 1; i >= 0; i--) if (live[i]) for (const j of g.nodes[i].inputs) live[j] = 1;
+  return live;
+}
+
+/** Shapes of the random graphs: all broadcast to [2,3,4]; the reshapes move between the 24-element ones. */
+const SHAPES = [[2, 3, 4], [3, 4], [4], [1], [], [2, 1, 4], [2, 3, 1], [1, 3, 1], [3, 1]];
+const FULL = [[2, 3, 4], [6, 4], [24], [2, 12], [4, 6]];
+const UNARY = ['neg', 'sigmoid', 'swish', 'gelu', 'quickGelu', 'abs', 'scale', 'addScalar', 'clamp', 'copy', 'square', 'sqrtAbs'] as const;
+const BINARY: BinaryFn[] = ['add', 'sub', 'mul', 'maximum', 'minimum', 'greaterEqual', 'swishGrad', 'geluGrad', 'quickGeluGrad', 'clampGrad', 'clampWithGradGrad', 'div'];
+
+/**
+ * A random graph of mostly elementwise nodes over operands that broadcast, with full-size reshapes, a few
+ * non-elementwise readers (sum, transpose) of intermediates, and intermediates that are graph outputs.
+ */
+function randomGraph(seed: number, size: number): { g: Graph; inputs: Record<string, { data: Float32Array; shape: number[] }> } {
+  const r = rng(seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)];
+  const b = new GraphBuilder();
+  const inputs: Record<string, { data: Float32Array; shape: number[] }> = {};
+  const vals: Sym[] = [];
+  const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => Math.round((r() - 0.5) * 64) / 16);
+  for (let k = 0; k < 4; k++) {
+    const shape = k === 0 ? [2, 3, 4] : pick(SHAPES);
+    inputs[`in${k}`] = { data: data(shape), shape };
+    vals.push(b.input(`in${k}`, shape));
+  }
+  for (let k = 0; k < 3; k++) {
+    const shape = pick(SHAPES);
+    vals.push(b.constant(data(shape), shape));
+  }
+  const recent = () => vals[Math.max(0, vals.length - 1 - Math.floor(r() * 5))];
+  for (let k = 0; k < size; k++) {
+    const x = r() < 0.8 ? recent() : pick(vals);
+    const c = r();
+    if (c < 0.16 && sizeOf(x.shape) === 24) vals.push(b.reshape(x, pick(FULL)));
+    else if (c < 0.2 && x.shape.length === 3) vals.push(b.sum(x, [1], true));
+    else if (c < 0.23 && x.shape.length === 3) vals.push(b.reshape(b.transpose(x, [0, 2, 1]), x.shape));
+    else if (c < 0.55) {
+      const fn = pick(UNARY);
+      if (fn === 'scale') vals.push(b.scale(x, 0.75));
+      else if (fn === 'addScalar') vals.push(b.addScalar(x, -0.25));
+      else if (fn === 'clamp') vals.push(b.clamp(x, -1, 1.5));
+      else if (fn === 'copy') vals.push(b.stopGradient(x));
+      else if (fn === 'sqrtAbs') vals.push(b.sqrt(b.abs(x)));
+      else vals.push(b[fn](x));
+    } else {
+      const others = vals.filter((v) => broadcastShapes(v.shape, x.shape));
+      const y = pick(others);
+      const fn = pick(BINARY);
+      const [p, q] = r() < 0.5 ? [x, y] : [y, x];
+      if (fn === 'div') vals.push(b.div(p, b.addScalar(b.abs(q), 1)));
+      else if (fn === 'clampGrad' || fn === 'clampWithGradGrad') vals.push(b.binary(fn, p, q, { lo: -0.5, hi: 0.5 }));
+      else vals.push(b.binary(fn, p, q));
+    }
+  }
+  b.output('last', vals[vals.length - 1]);
+  b.output('mid', vals[7 + Math.floor(r() * size * 0.6)]);
+  return { g: b.graph, inputs };
+}
+
+describe('elementwise fusion: the rewrite (no device)', () => {
+  test('a chain with a broadcast bias, a reshape and a diamond becomes one node; ids and outputs are kept', () => {
+    const b = new GraphBuilder();
+    const x = b.input('x', [6, 4]);
+    const bias = b.constant(Float32Array.from([1, 2, 3, 4]), [4]);
+    const y = b.reshape(b.add(x, bias), [2, 3, 4]);
+    const s = b.sigmoid(y);
+    const out = b.mul(b.add(s, y), s); // s read twice inside the group
+    b.output('out', out);
+    const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS });
+    assert.equal(f.nodes.length, b.graph.nodes.length);
+    assert.deepEqual(f.outputs, b.graph.outputs);
+    const [node, ...rest] = fusedNodes(f);
+    assert.equal(rest.length, 0);
+    assert.equal(node.id, out.id);
+    assert.deepEqual(node.inputs, [x.id, bias.id]);
+    assert.deepEqual(node.attrs.steps.map((st) => st.op), ['binary', 'reshape', 'unary', 'binary', 'binary']);
+    assert.ok(f.nodes[bias.id] === b.graph.nodes[bias.id], 'constants stay as they are');
+  });
+
+  test('an intermediate read outside the group, or a graph output, stays a value of its own', () => {
+    const b = new GraphBuilder();
+    const x = b.input('x', [8]);
+    const y = b.input('y', [8]);
+    const a = b.exp(x); // also read by the sum: not fusible into the mul/add group
+    const m = b.mul(a, y);
+    const o = b.neg(m); // a graph output itself
+    const z = b.addScalar(o, 1);
+    const t = b.sum(a);
+    b.output('z', b.add(z, t));
+    b.output('o', o);
+    const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS });
+    const groups = fusedNodes(f);
+    // {m, o} (o is an output: its own sink) and {z, final add}; a stays a plain unary node.
+    assert.deepEqual(groups.map((g) => g.id).sort((p, q) => p - q), [o.id, f.outputs.z]);
+    assert.equal(f.nodes[a.id].op, 'unary');
+    assert.deepEqual(groups.find((g) => g.id === o.id)!.inputs, [a.id, y.id]);
+    assert.deepEqual(groups.find((g) => g.id === f.outputs.z)!.inputs, [o.id, t.id]);
+  });
+
+  test(`no fused node has more than ${MAX_INPUTS} inputs`, () => {
+    const b = new GraphBuilder();
+    let v = b.input('x0', [4]);
+    for (let k = 1; k < 20; k++) v = b.add(b.sigmoid(v), b.input(`x${k}`, [4]));
+    b.output('v', v);
+    const groups = fusedNodes(fuseElementwise(b.graph, { maxInputs: MAX_INPUTS }));
+    assert.ok(groups.length >= 3, `${groups.length} groups`);
+    for (const g of groups) assert.ok(g.inputs.length <= MAX_INPUTS, `${g.inputs.length} inputs`);
+  });
+
+  test('a member read in two frames (through a reshape and directly) is not fused across them', () => {
+    const b = new GraphBuilder();
+    const x = b.input('x', [6, 4]);
+    const e = b.exp(b.neg(x));
+    const back = b.reshape(b.reshape(e, [24]), [4, 6]); // e read as [6,4] below the reshape...
+    const out = b.add(back, b.reshape(e, [4, 6])); // ...twice, fine; and directly in a [4,6] frame: not fine
+    b.output('out', b.add(out, b.reshape(b.sigmoid(e), [4, 6])));
+    const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS });
+    const rerun = (g: Graph) => tf.tidy(() => interpret(tfOps, g, { x: tf.tensor(Float32Array.from({ length: 24 }, (_, i) => i / 8 - 1.5), [6, 4]) }).out.dataSync());
+    assert.ok(maxAbsDiff(rerun(f), rerun(b.graph)) <= 1e-6);
+  });
+
+  test('random DAGs: the fused graph interprets to the same values', async () => {
+    await tf.setBackend('cpu');
+    for (let seed = 1; seed <= 30; seed++) {
+      const { g, inputs } = randomGraph(seed, 40);
+      const f = fuseElementwise(g, { maxInputs: MAX_INPUTS });
+      const feed = () => Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, tf.tensor(v.data, v.shape)]));
+      const run = (h: Graph) => tf.tidy(() => Object.fromEntries(Object.entries(interpret(tfOps, h, feed())).map(([k, v]) => [k, v.dataSync()])));
+      const want = run(g);
+      const got = run(f);
+      for (const k of Object.keys(want)) assert.ok(maxAbsDiff(got[k], want[k]) <= 1e-5, `seed ${seed} ${k}: ${maxAbsDiff(got[k], want[k])}`);
+    }
+  });
+});
+
+describe('elementwise fusion on the software adapter', () => {
+  let device: GPUDevice | undefined;
+  let unavailable: string | undefined;
+  before(async () => {
+    try {
+      device = (await createWebGPUDevice('allow')).device;
+    } catch (e) {
+      unavailable = `no WebGPU adapter: ${(e as Error).message}`;
+    }
+  });
+  after(() => device?.destroy());
+
+  const opts = (): PlanOptions => ({
+    alignment: device!.limits.minStorageBufferOffsetAlignment,
+    maxBindingSize: device!.limits.maxStorageBufferBindingSize,
+    maxBufferSize: device!.limits.maxBufferSize,
+  });
+
+  /** Fused kernels that read an operand through per-dimension strides (not one contiguous broadcast block). */
+  let stridedKernels = 0;
+
+  async function runPlan(g: Graph, inputs: Record<string, { data: Float32Array }>): Promise<{ values: Record<string, Float32Array>; dispatches: number }> {
+    const plan = planGraph(g, lowerings, DEFAULT_LIMITS, opts());
+    stridedKernels += plan.dispatches.filter((d) => d.label.startsWith('fused') && d.code.includes('var rf')).length;
+    const c = await compilePlan(device!, plan);
+    try {
+      c.run(Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, v.data])));
+      const values: Record<string, Float32Array> = {};
+      for (const k of Object.keys(g.outputs)) values[k] = (await c.read(k)) as Float32Array;
+      return { values, dispatches: plan.dispatches.length };
+    } finally {
+      c.destroy();
+    }
+  }
+
+  test('a bias add below a reshape and a strided operand above it: one dispatch, same values', async (t) => {
+    if (unavailable) return t.skip(unavailable);
+    const b = new GraphBuilder();
+    const x = b.input('x', [6, 4]);
+    const bias = b.constant(Float32Array.from([0.5, -1, 2, 0.25]), [4]);
+    const gate = b.input('gate', [2, 1, 4]); // [2,1,4] in [2,3,4]: not one contiguous block, read through strides
+    const y = b.reshape(b.add(x, bias), [2, 3, 4]);
+    b.output('out', b.binary('swishGrad', b.mul(y, gate), b.sigmoid(y)));
+    const inputs = { x: { data: Float32Array.from({ length: 24 }, (_, i) => i / 6 - 2) }, gate: { data: Float32Array.from({ length: 8 }, (_, i) => 1 - i / 4) } };
+    const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS });
+    const plain = await runPlan(b.graph, inputs);
+    const fused = await runPlan(f, inputs);
+    assert.equal(plain.dispatches, 4);
+    assert.equal(fused.dispatches, 1);
+    const d = maxAbsDiff(fused.values.out, plain.values.out);
+    t.diagnostic(`max abs diff ${d}`);
+    assert.ok(d <= 1e-6);
+  });
+
+  test('random DAGs with broadcasting and reshapes: fused and unfused plans agree, with fewer dispatches', async (t) => {
+    if (unavailable) return t.skip(unavailable);
+    let worst = 0;
+    let before = 0;
+    let after = 0;
+    let withReshape = 0;
+    for (let seed = 1; seed <= 12; seed++) {
+      const { g, inputs } = randomGraph(100 + seed, 40);
+      const f = fuseElementwise(g, { maxInputs: MAX_INPUTS });
+      withReshape += fusedNodes(f).filter((n) => n.attrs.steps.some((st) => st.op === 'reshape')).length;
+      const plain = await runPlan(g, inputs);
+      const fused = await runPlan(f, inputs);
+      for (const k of Object.keys(plain.values)) {
+        const want = plain.values[k];
+        const got = fused.values[k];
+        const d = Math.max(...want.map((w, i) => Math.abs(got[i] - w) / (1 + Math.abs(w))));
+        worst = Math.max(worst, d);
+        assert.ok(d <= 1e-6, `seed ${seed} ${k}: relative diff ${d}`);
+      }
+      assert.ok(fused.dispatches <= plain.dispatches, `seed ${seed}: ${fused.dispatches} vs ${plain.dispatches} dispatches`);
+      before += plain.dispatches;
+      after += fused.dispatches;
+    }
+    t.diagnostic(`dispatches ${before} -> ${after}; fused nodes with reshapes ${withReshape}, kernels with strided reads ${stridedKernels}; worst relative diff ${worst}`);
+    assert.ok(withReshape > 0 && stridedKernels > 0, 'reshapes and strided broadcasting inside groups');
+    assert.ok(after < before * 0.7, `dispatches ${before} -> ${after}`);
+  });
+});
