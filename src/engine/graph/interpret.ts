@@ -139,6 +139,7 @@ class Kinds<T> {
         for (const s of (n.attrs as Attrs['fused']).steps) {
           if (s.op === 'unary') vals.push(this.unary(s.attrs, arg(s.args[0])));
           else if (s.op === 'binary') vals.push(this.binary(s.attrs, arg(s.args[0]), arg(s.args[1])));
+          else if (s.op === 'matmul') vals.push(o.matmul(arg(s.args[0]), arg(s.args[1]), s.attrs.transposeA, s.attrs.transposeB));
           else vals.push(o.reshape(arg(s.args[0]), s.shape));
         }
         return vals[vals.length - 1];

@@ -62,11 +62,15 @@ export type BinaryFn =
 /** An operand of a fused step: input k of the fused node, or the value of an earlier step j. */
 export type FusedArg = { input: number } | { step: number };
 
-/** One node of a fused group, as it was in the graph: its kind, attrs, operands and its own shape. */
+/**
+ * One node of a fused group, as it was in the graph: its kind, attrs, operands and its own shape. A group has at most
+ * one matmul, whose operands are inputs of the fused node (the rest of the group is its epilogue).
+ */
 export type FusedStep =
   | { op: 'unary'; attrs: Attrs['unary']; args: [FusedArg]; shape: number[] }
   | { op: 'binary'; attrs: Attrs['binary']; args: [FusedArg, FusedArg]; shape: number[] }
-  | { op: 'reshape'; args: [FusedArg]; shape: number[] };
+  | { op: 'reshape'; args: [FusedArg]; shape: number[] }
+  | { op: 'matmul'; attrs: Attrs['matmul']; args: [FusedArg, FusedArg]; shape: number[] };
 
 export interface Attrs {
   input: { name: string };
@@ -120,7 +124,8 @@ export interface Attrs {
   /** Inputs indices i32 [M] -> f32 [M, depth]. */
   oneHot: { depth: number };
   /**
-   * A group of elementwise nodes (unary, binary with broadcasting, reshapes between them) run as one kernel. Made
+   * A group of elementwise nodes (unary, binary with broadcasting, reshapes between them; optionally after the matmul
+   * that makes one of their operands) run as one kernel. Made
    * by graph/fuse.ts for the planner only (tracing never makes one): `steps` are the group's nodes in their order,
    * with the same semantics as the nodes themselves; the node's value is the last step's (shape node.shape).
    */
