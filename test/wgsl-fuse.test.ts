@@ -63,9 +63,10 @@ function randomGraph(seed: number, size: number): { g: Graph; inputs: Record<str
     const x = r() < 0.8 ? recent() : pick(vals);
     const c = r();
     if (c < 0.16 && sizeOf(x.shape) === 24) vals.push(b.reshape(x, pick(FULL)));
-    else if (c < 0.2 && x.shape.length === 3) vals.push(b.sum(x, [1], true));
-    else if (c < 0.23 && x.shape.length === 3) vals.push(b.reshape(b.transpose(x, [0, 2, 1]), x.shape));
-    else if (c < 0.55) {
+    else if (c < 0.26 && sizeOf(x.shape) === 24) vals.push(b.matmul(b.reshape(x, [6, 4]), b.constant(data([4, 4]), [4, 4]), false, r() < 0.5));
+    else if (c < 0.3 && x.shape.length === 3) vals.push(b.sum(x, [1], true));
+    else if (c < 0.33 && x.shape.length === 3) vals.push(b.reshape(b.transpose(x, [0, 2, 1]), x.shape));
+    else if (c < 0.62) {
       const fn = pick(UNARY);
       if (fn === 'scale') vals.push(b.scale(x, 0.75));
       else if (fn === 'addScalar') vals.push(b.addScalar(x, -0.25));
@@ -83,7 +84,9 @@ function randomGraph(seed: number, size: number): { g: Graph; inputs: Record<str
       else vals.push(b.binary(fn, p, q));
     }
   }
-  b.output('last', vals[vals.length - 1]);
+  // Every value nothing reads is an output (so that the whole graph is live), and one intermediate too.
+  const read = new Set(b.graph.nodes.flatMap((n) => n.inputs));
+  for (const n of b.graph.nodes) if (!read.has(n.id) && n.op !== 'input' && n.op !== 'const') b.output(`leaf${n.id}`, b.syms[n.id]);
   b.output('mid', vals[7 + Math.floor(r() * size * 0.6)]);
   return { g: b.graph, inputs };
 }
@@ -154,7 +157,7 @@ describe('elementwise fusion: the rewrite (no device)', () => {
     await tf.setBackend('cpu');
     for (let seed = 1; seed <= 30; seed++) {
       const { g, inputs } = randomGraph(seed, 40);
-      const f = fuseElementwise(g, { maxInputs: MAX_INPUTS });
+      const f = fuseElementwise(g, { maxInputs: MAX_INPUTS, epilogues: true });
       const feed = () => Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, tf.tensor(v.data, v.shape)]));
       const run = (h: Graph) => tf.tidy(() => Object.fromEntries(Object.entries(interpret(tfOps, h, feed())).map(([k, v]) => [k, v.dataSync()])));
       const want = run(g);
@@ -218,15 +221,46 @@ describe('elementwise fusion on the software adapter', () => {
     assert.ok(d <= 1e-6);
   });
 
+  test('matmul epilogues on the three GEMM kernels (tiled, skinny, simple) and a batched product', async (t) => {
+    if (unavailable) return t.skip(unavailable);
+    const r = rng(7);
+    const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => r() - 0.5);
+    const cases: Array<{ name: string; a: number[]; w: number[]; tB: boolean; then: (b: GraphBuilder, y: Sym, extra: Sym) => Sym; extra: number[] }> = [
+      // linear + bias + activation through the reshape back to the leading axes (tiled: M, N > 4, many MACs)
+      { name: 'tiled', a: [70, 48], w: [48, 40], tB: false, extra: [40], then: (b, y, bias) => b.quickGelu(b.reshape(b.add(y, bias), [7, 10, 40])) },
+      // matrix-vector rows (skinny: M <= 4), transposed weight, a residual of the output's shape
+      { name: 'skinny', a: [3, 512], w: [64, 512], tB: true, extra: [3, 64], then: (b, y, res) => b.add(res, b.scale(y, 0.5)) },
+      // attention-like scores: batched, scaled, masked by a broadcast operand (simple kernel: few MACs)
+      { name: 'batched', a: [2, 4, 8, 16], w: [2, 4, 8, 16], tB: true, extra: [8, 8], then: (b, y, mask) => b.add(b.scale(y, 0.25), mask) },
+    ];
+    for (const c of cases) {
+      const b = new GraphBuilder();
+      const x = b.input('x', c.a);
+      const w = b.constant(data(c.w), c.w);
+      const extra = b.input('extra', c.extra);
+      b.output('out', c.then(b, b.matmul(x, w, false, c.tB), extra));
+      const inputs = { x: { data: data(c.a) }, extra: { data: data(c.extra) } };
+      const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS, epilogues: true });
+      const plain = await runPlan(b.graph, inputs);
+      const fused = await runPlan(f, inputs);
+      const d = maxAbsDiff(fused.values.out, plain.values.out);
+      t.diagnostic(`${c.name}: ${plain.dispatches} -> ${fused.dispatches} dispatches, max abs diff ${d}`);
+      assert.equal(fused.dispatches, 1);
+      assert.ok(d <= 1e-6, `${c.name}: ${d}`);
+    }
+  });
+
   test('random DAGs with broadcasting and reshapes: fused and unfused plans agree, with fewer dispatches', async (t) => {
     if (unavailable) return t.skip(unavailable);
     let worst = 0;
     let before = 0;
     let after = 0;
     let withReshape = 0;
+    let withMatmul = 0;
     for (let seed = 1; seed <= 12; seed++) {
       const { g, inputs } = randomGraph(100 + seed, 40);
-      const f = fuseElementwise(g, { maxInputs: MAX_INPUTS });
+      const f = fuseElementwise(g, { maxInputs: MAX_INPUTS, epilogues: true });
+      withMatmul += fusedNodes(f).filter((n) => n.attrs.steps.some((st) => st.op === 'matmul')).length;
       withReshape += fusedNodes(f).filter((n) => n.attrs.steps.some((st) => st.op === 'reshape')).length;
       const plain = await runPlan(g, inputs);
       const fused = await runPlan(f, inputs);
@@ -241,8 +275,8 @@ describe('elementwise fusion on the software adapter', () => {
       before += plain.dispatches;
       after += fused.dispatches;
     }
-    t.diagnostic(`dispatches ${before} -> ${after}; fused nodes with reshapes ${withReshape}, kernels with strided reads ${stridedKernels}; worst relative diff ${worst}`);
-    assert.ok(withReshape > 0 && stridedKernels > 0, 'reshapes and strided broadcasting inside groups');
+    t.diagnostic(`dispatches ${before} -> ${after}; fused nodes with reshapes ${withReshape}, with a matmul ${withMatmul}, kernels with strided reads ${stridedKernels}; worst relative diff ${worst}`);
+    assert.ok(withReshape > 0 && withMatmul > 0 && stridedKernels > 0, 'reshapes, matmuls and strided broadcasting inside groups');
     assert.ok(after < before * 0.7, `dispatches ${before} -> ${after}`);
   });
 });

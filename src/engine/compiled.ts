@@ -148,7 +148,7 @@ export class CompiledEngine {
    */
   private planFor(graph: Graph): Plan {
     const l = this.device.limits;
-    const fused = fuseElementwise(graph, { maxInputs: Math.min(8, l.maxStorageBuffersPerShaderStage) - 1 });
+    const fused = fuseElementwise(graph, { maxInputs: Math.min(8, l.maxStorageBuffersPerShaderStage) - 1, epilogues: true });
     return planGraph(fused, lowerings, this.limits, {
       alignment: Math.max(16, l.minStorageBufferOffsetAlignment),
       maxBindingSize: l.maxStorageBufferBindingSize,

@@ -22,11 +22,18 @@
 // composes (a [C] operand broadcast to [H,W,C] and then to [B,H,W,C] reads as [C] broadcast to [B,H,W,C]), so each
 // operand is read at its broadcast index into its reader's frame, whatever the shapes in between. Hence two rules:
 // a reshape joins only at the group's full size, and a member's readers must agree on its frame (fusedFrames).
+//
+// Epilogues (option): the group may also take the matmul that makes one of its operands, when the group reads it
+// whole (same size as the sink) and nothing else does. The GEMM's store then computes the group at the element it
+// stores (kernels/fused.ts); the matmul's operands become inputs of the fused node (they are not fused further).
+// Bias adds after linear layers, the attention scores' scale, the MLP's activation gradients are such groups.
 import { sizeOf, type FusedArg, type FusedStep, type Graph, type Node } from './ir.ts';
 
 export interface FuseOptions {
   /** Most distinct inputs of one fused node (the kernel's storage buffers, less the output). */
   maxInputs: number;
+  /** Also fuse a group into the store of the matmul making one of its operands (one GEMM dispatch for both). */
+  epilogues?: boolean;
 }
 
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
@@ -82,11 +89,14 @@ export function fuseElementwise(g: Graph, opts: FuseOptions): Graph {
     const external = new Set<number>(sink.inputs);
     // Candidates in decreasing id order: when one is decided, every reader it could have in the group is decided.
     const candidates = new Set<number>(sink.inputs);
+    let hasProducer = false;
     while (candidates.size > 0) {
       const p = Math.max(...candidates);
       candidates.delete(p);
       const n = nodes[p];
-      const fusible = n.dtype === 'f32' && (n.op === 'unary' || n.op === 'binary' || (n.op === 'reshape' && sizeOf(n.shape) === size));
+      // A matmul of the group's size (not broadcast inside it) may lead the group: the rest becomes its epilogue.
+      const producer = opts.epilogues && n.op === 'matmul' && !hasProducer && sizeOf(n.shape) === size;
+      const fusible = n.dtype === 'f32' && (producer || n.op === 'unary' || n.op === 'binary' || (n.op === 'reshape' && sizeOf(n.shape) === size));
       if (!fusible || taken[p] || isOutput[p] || !readers[p].every((r) => members.has(r))) continue;
       const frames = readers[p].map((r) => (nodes[r].op === 'reshape' ? n.shape : frame.get(r)!));
       if (!frames.every((f) => sameShape(f, frames[0]))) continue;
@@ -98,10 +108,11 @@ export function fuseElementwise(g: Graph, opts: FuseOptions): Graph {
       frame.set(p, frames[0]);
       external.clear();
       for (const i of grown) external.add(i);
-      for (const i of n.inputs) candidates.add(i);
+      if (producer) hasProducer = true;
+      else for (const i of n.inputs) candidates.add(i);
     }
     const order = [...members].sort((a, b) => a - b);
-    if (order.filter((id) => computes(nodes[id])).length < 2) continue;
+    if (order.filter((id) => computes(nodes[id]) || nodes[id].op === 'matmul').length < 2) continue;
     for (const id of order) taken[id] = 1;
     out[sinkId] = fusedNode(nodes, order);
   }
@@ -124,6 +135,7 @@ function fusedNode(nodes: readonly Node[], order: number[]): Node<'fused'> {
     const shape = n.shape.slice();
     if (n.op === 'unary') return { op: 'unary', attrs: n.attrs as Node<'unary'>['attrs'], args: [arg(n.inputs[0])], shape };
     if (n.op === 'binary') return { op: 'binary', attrs: n.attrs as Node<'binary'>['attrs'], args: [arg(n.inputs[0]), arg(n.inputs[1])], shape };
+    if (n.op === 'matmul') return { op: 'matmul', attrs: n.attrs as Node<'matmul'>['attrs'], args: [arg(n.inputs[0]), arg(n.inputs[1])], shape };
     return { op: 'reshape', args: [arg(n.inputs[0])], shape };
   });
   const sink = nodes[order[order.length - 1]];

@@ -26,7 +26,20 @@ export function batchOffset(outBatch: number[], inBatch: number[], matrixSize: n
   return terms.length ? terms.join(' + ') : '0u';
 }
 
-function lowerMatmul(node: KernelNode<'matmul'>, limits: KernelLimits): Dispatch {
+/**
+ * Where a matmul reads and writes: `decls` declares the buffers (bindings in the order of `bindings`), `a` and `b` are
+ * the operands' buffer names, and `store` is WGSL statements that write `v`, the output element at the flat index
+ * `i` (a fused elementwise epilogue goes there: kernels/fused.ts).
+ */
+export interface MatmulIo {
+  decls: string;
+  a: string;
+  b: string;
+  store: string;
+  bindings: Dispatch['bindings'];
+}
+
+export function matmulDispatch(node: KernelNode<'matmul'>, io: MatmulIo, limits: KernelLimits, label?: string): Dispatch {
   const { transposeA, transposeB } = node.attrs;
   const [a, b] = node.inputs.map((t) => t.shape);
   const out = node.output.shape;
@@ -35,17 +48,16 @@ function lowerMatmul(node: KernelNode<'matmul'>, limits: KernelLimits): Dispatch
   const K = transposeA ? a[a.length - 2] : a[a.length - 1];
   const outBatch = out.slice(0, -2);
   const prelude = /* wgsl */ `
-@group(0) @binding(0) var<storage, read> mmA: array<f32>;
-@group(0) @binding(1) var<storage, read> mmB: array<f32>;
-@group(0) @binding(2) var<storage, read_write> mmC: array<f32>;
+${io.decls}
 fn loadA(bz: u32, m: u32, k: u32) -> f32 {
-  return mmA[${batchOffset(outBatch, a.slice(0, -2), M * K)} + ${transposeA ? `k * ${M}u + m` : `m * ${K}u + k`}];
+  return ${io.a}[${batchOffset(outBatch, a.slice(0, -2), M * K)} + ${transposeA ? `k * ${M}u + m` : `m * ${K}u + k`}];
 }
 fn loadB(bz: u32, k: u32, n: u32) -> f32 {
-  return mmB[${batchOffset(outBatch, b.slice(0, -2), K * N)} + ${transposeB ? `n * ${K}u + k` : `k * ${N}u + n`}];
+  return ${io.b}[${batchOffset(outBatch, b.slice(0, -2), K * N)} + ${transposeB ? `n * ${K}u + k` : `k * ${N}u + n`}];
 }
 fn store(bz: u32, m: u32, n: u32, v: f32) {
-  mmC[(bz * ${M}u + m) * ${N}u + n] = v;
+  let i = (bz * ${M}u + m) * ${N}u + n;
+${io.store}
 }
 `;
   return gemmDispatch(
@@ -57,13 +69,23 @@ fn store(bz: u32, m: u32, n: u32, v: f32) {
       prelude,
       aFast: transposeA ? 'm' : 'k',
       bFast: transposeB ? 'k' : 'n',
-      bindings: [{ input: 0 }, { input: 1 }, { output: true }],
-      label: `matmul${transposeA ? ' tA' : ''}${transposeB ? ' tB' : ''} [${a}]x[${b}]->[${out}]`,
+      bindings: io.bindings,
+      label: label ?? `matmul${transposeA ? ' tA' : ''}${transposeB ? ' tB' : ''} [${a}]x[${b}]->[${out}]`,
     },
     limits,
   );
 }
 
+const plainIo: MatmulIo = {
+  decls: `@group(0) @binding(0) var<storage, read> mmA: array<f32>;
+@group(0) @binding(1) var<storage, read> mmB: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mmC: array<f32>;`,
+  a: 'mmA',
+  b: 'mmB',
+  store: '  mmC[i] = v;',
+  bindings: [{ input: 0 }, { input: 1 }, { output: true }],
+};
+
 export const lowerings: Lowerings = {
-  matmul: (node, limits) => ({ dispatches: [lowerMatmul(node, limits)] }),
+  matmul: (node, limits) => ({ dispatches: [matmulDispatch(node, plainIo, limits)] }),
 };
