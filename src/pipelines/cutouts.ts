@@ -18,7 +18,7 @@
 //                   anti-aliasing) plus noise; no warps, so no gather. Measured here (wasm, 2 shared cores, 32 cutouts
 //                   of 224 from 256x256, forward + backward): latest ~7.4 s (tfjs wasm gather ~0.2 us per element),
 //                   original ~4.2 s, fast ~5 s. The crops' per-cutout matmul along H and the jitter's per-sample
-//                   colour matrices are batched matmuls, which stock tfjs-wasm runs without XNNPACK: ~1.6x (crops)
+//                   colour matrices are batched matmuls, which stock tfjs-wasm runs without XNNPACK: ~1.6-1.8x (crops)
 //                   and +1.4 s (latest) over the earlier per-crop slices and draw-dependent ops, which no plan replays.
 // Every random choice comes from the rng handed in (forks 'boxes', 'augment', 'noise'), so a seed fixes the cutouts.
 // The random choices only ever become constant DATA: the ops a call makes (kinds, shapes, attrs) depend only on the
