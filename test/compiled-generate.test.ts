@@ -7,22 +7,17 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CompiledEngine } from '../src/engine/compiled.ts';
 import { createWebGPUDevice } from '../src/engine/webgpu.ts';
-import { asFloat32, asNumbers } from '../src/formats/host-tensor.ts';
-import { readSafetensors } from '../src/formats/safetensors.ts';
-import { loadClip } from '../src/models/clip-load.ts';
-import { ClipTokenizer } from '../src/models/clip-tokenizer.ts';
-import { loadVqgan } from '../src/models/vqgan-load.ts';
-import { DEFAULT_SETTINGS, Generation, type GenerateSettings } from '../src/pipelines/generate.ts';
-import { assertClose, FIXTURES, nchwToNhwc, nhwcToNchw } from './helpers.ts';
+import { asFloat32 } from '../src/formats/host-tensor.ts';
+import { E2E_FIXTURES, e2eGeneration } from './generate-parity.ts';
+import { assertClose, FIXTURES, nhwcToNchw } from './helpers.ts';
 
-const need = ['e2e_reference.safetensors', 'tiny_vqgan.ckpt', 'tiny_vqgan.yaml', 'tiny_clip_state.pt', 'bpe_simple_vocab_16e6.txt.gz'];
 const STEPS = 5;
 
 describe('compiled engine: generate pipeline vs generate.py (software WebGPU)', () => {
   let unavailable: string | undefined;
   let device: GPUDevice | undefined;
   before(async () => {
-    const missing = need.filter((f) => !fs.existsSync(path.join(FIXTURES, f)));
+    const missing = E2E_FIXTURES.filter((f) => !fs.existsSync(path.join(FIXTURES, f)));
     if (missing.length) {
       unavailable = `fixtures missing in ${FIXTURES}: ${missing.join(', ')}`;
       return;
@@ -39,32 +34,7 @@ describe('compiled engine: generate pipeline vs generate.py (software WebGPU)', 
     if (unavailable) return t.skip(unavailable);
     const engine = new CompiledEngine(device!);
     const o = engine.ops;
-    const ref = readSafetensors(path.join(FIXTURES, 'e2e_reference.safetensors'));
-    const r = (k: string) => ref.get(k)!;
-    const vq = await loadVqgan(o, path.join(FIXTURES, 'tiny_vqgan.ckpt'), path.join(FIXTURES, 'tiny_vqgan.yaml'), { encoder: false });
-    const clip = await loadClip(o, path.join(FIXTURES, 'tiny_clip_state.pt'));
-    const tokenizer = ClipTokenizer.fromBpeFile(path.join(FIXTURES, 'bpe_simple_vocab_16e6.txt.gz'));
-    const boxes = asNumbers(r('cut_boxes_size_offx_offy'));
-    const fixedBoxes = () => Array.from({ length: boxes.length / 3 }, (_, i) => ({ size: boxes[3 * i], offsetX: boxes[3 * i + 1], offsetY: boxes[3 * i + 2] }));
-    const settings: GenerateSettings = {
-      ...DEFAULT_SETTINGS,
-      prompts: 'a red apple:1|blurry:-0.5|a watercolor painting:0.8:1.212',
-      width: 64,
-      height: 64,
-      iterations: STEPS,
-      cutMethod: 'original',
-      cutn: 5,
-      seed: 1,
-    };
-    const zInit = r('z_init');
-    const [n, c, h, w] = zInit.shape;
-    const gen = await Generation.create(
-      engine.executor,
-      { name: 'tiny_vqgan', config: vq.config, weights: vq.weights },
-      [{ name: 'tiny_clip', config: clip.config, weights: clip.weights, tokenizer, weight: 1 }],
-      settings,
-      { initialZ: o.constant(nchwToNhwc(asFloat32(zInit), zInit.shape), [n, h, w, c]), fixedBoxes },
-    );
+    const { gen, r, n, c, h, w } = await e2eGeneration(engine.executor, (data, shape) => o.constant(data, shape), STEPS);
     try {
       const img0 = await gen.picture();
       assertClose(nhwcToNchw(img0.data, [1, 64, 64, 3]), r('step0.synth_image'), 5e-5, 'step0.synth_image');

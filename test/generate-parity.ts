@@ -5,8 +5,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { shutdownBackend, type BackendName } from '../src/engine/backend.ts';
+import type { Executor } from '../src/engine/ops.ts';
 import { tfExecutor, tfOps } from '../src/engine/tfjs-ops.ts';
 import { asFloat32, asNumbers } from '../src/formats/host-tensor.ts';
+import { readSafetensors } from '../src/formats/safetensors.ts';
 import { clipWeightTensors, loadClip } from '../src/models/clip-load.ts';
 import { ClipTokenizer } from '../src/models/clip-tokenizer.ts';
 import { loadVqgan } from '../src/models/vqgan-load.ts';
@@ -16,7 +18,42 @@ import { assertClose, FIXTURES, nchwToNhwc, nhwcToNchw, startBackend } from './h
 import fs from 'node:fs';
 import path from 'node:path';
 
-const need = ['e2e_reference.safetensors', 'tiny_vqgan.ckpt', 'tiny_vqgan.yaml', 'tiny_clip_state.pt', 'bpe_simple_vocab_16e6.txt.gz'];
+export const E2E_FIXTURES = ['e2e_reference.safetensors', 'tiny_vqgan.ckpt', 'tiny_vqgan.yaml', 'tiny_clip_state.pt', 'bpe_simple_vocab_16e6.txt.gz'];
+
+/**
+ * The e2e reference run's models, settings and starting latent, on any engine: a Generation ready for step 0 and the
+ * reference tensors. Shared by the tfjs suites here and the compiled engine's test.
+ */
+export async function e2eGeneration<T>(ex: Executor<T>, constant: (data: Float32Array, shape: number[]) => T, steps = 5) {
+  const ref = readSafetensors(path.join(FIXTURES, 'e2e_reference.safetensors'));
+  const r = (k: string) => ref.get(k)!;
+  const o = ex.ops;
+  const vq = await loadVqgan(o, path.join(FIXTURES, 'tiny_vqgan.ckpt'), path.join(FIXTURES, 'tiny_vqgan.yaml'), { encoder: false });
+  const clip = await loadClip(o, path.join(FIXTURES, 'tiny_clip_state.pt'));
+  const tokenizer = ClipTokenizer.fromBpeFile(path.join(FIXTURES, 'bpe_simple_vocab_16e6.txt.gz'));
+  const boxes = asNumbers(r('cut_boxes_size_offx_offy'));
+  const fixedBoxes = () => Array.from({ length: boxes.length / 3 }, (_, i) => ({ size: boxes[3 * i], offsetX: boxes[3 * i + 1], offsetY: boxes[3 * i + 2] }));
+  const settings: GenerateSettings = {
+    ...DEFAULT_SETTINGS,
+    prompts: 'a red apple:1|blurry:-0.5|a watercolor painting:0.8:1.212',
+    width: 64,
+    height: 64,
+    iterations: steps,
+    cutMethod: 'original',
+    cutn: 5,
+    seed: 1,
+  };
+  const zInit = r('z_init');
+  const [n, c, h, w] = zInit.shape;
+  const gen = await Generation.create(
+    ex,
+    { name: 'tiny_vqgan', config: vq.config, weights: vq.weights },
+    [{ name: 'tiny_clip', config: clip.config, weights: clip.weights, tokenizer, weight: 1 }],
+    settings,
+    { initialZ: constant(nchwToNhwc(asFloat32(zInit), zInit.shape), [n, h, w, c]), fixedBoxes },
+  );
+  return { gen, r, n, c, h, w };
+}
 
 export function generateParitySuite(backend: BackendName, opts: { tolScale?: number; steps?: number } = {}): void {
   const tolScale = opts.tolScale ?? 1;
@@ -24,7 +61,7 @@ export function generateParitySuite(backend: BackendName, opts: { tolScale?: num
   describe(`generate pipeline vs generate.py on ${backend}`, () => {
     let unavailable: string | undefined;
     before(async () => {
-      const missing = need.filter((f) => !fs.existsSync(path.join(FIXTURES, f)));
+      const missing = E2E_FIXTURES.filter((f) => !fs.existsSync(path.join(FIXTURES, f)));
       if (missing.length) {
         unavailable = `fixtures missing in ${FIXTURES}: ${missing.join(', ')}`;
         return;
@@ -37,34 +74,8 @@ export function generateParitySuite(backend: BackendName, opts: { tolScale?: num
 
     test(`${steps} steps reproduce the reference losses, gradients, latents, cutouts, embeddings and images`, async (t) => {
       if (unavailable) return t.skip(unavailable);
-      const { readSafetensors } = await import('../src/formats/safetensors.ts');
-      const ref = readSafetensors(path.join(FIXTURES, 'e2e_reference.safetensors'));
-      const r = (k: string) => ref.get(k)!;
       const k = tolScale;
-      const vq = await loadVqgan(tfOps, path.join(FIXTURES, 'tiny_vqgan.ckpt'), path.join(FIXTURES, 'tiny_vqgan.yaml'), { encoder: false });
-      const clip = await loadClip(tfOps, path.join(FIXTURES, 'tiny_clip_state.pt'));
-      const tokenizer = ClipTokenizer.fromBpeFile(path.join(FIXTURES, 'bpe_simple_vocab_16e6.txt.gz'));
-      const boxes = asNumbers(r('cut_boxes_size_offx_offy'));
-      const fixedBoxes = () => Array.from({ length: boxes.length / 3 }, (_, i) => ({ size: boxes[3 * i], offsetX: boxes[3 * i + 1], offsetY: boxes[3 * i + 2] }));
-      const settings: GenerateSettings = {
-        ...DEFAULT_SETTINGS,
-        prompts: 'a red apple:1|blurry:-0.5|a watercolor painting:0.8:1.212',
-        width: 64,
-        height: 64,
-        iterations: 5,
-        cutMethod: 'original',
-        cutn: 5,
-        seed: 1,
-      };
-      const zInit = r('z_init');
-      const [n, c, h, w] = zInit.shape;
-      const gen = await Generation.create(
-        tfExecutor,
-        { name: 'tiny_vqgan', config: vq.config, weights: vq.weights },
-        [{ name: 'tiny_clip', config: clip.config, weights: clip.weights, tokenizer, weight: 1 }],
-        settings,
-        { initialZ: tf.tensor4d(nchwToNhwc(asFloat32(zInit), zInit.shape), [n, h, w, c]), fixedBoxes },
-      );
+      const { gen, r, n, c, h, w } = await e2eGeneration(tfExecutor, (data, shape) => tf.tensor(data, shape));
       try {
         const img0 = await gen.picture();
         assertClose(nhwcToNchw(img0.data, [1, 64, 64, 3]), r('step0.synth_image'), 5e-5 * k, 'step0.synth_image');
@@ -90,7 +101,7 @@ export function generateParitySuite(backend: BackendName, opts: { tolScale?: num
         }
       } finally {
         gen.dispose();
-        tf.dispose([...weightTensors(vq.weights), ...clipWeightTensors(clip.weights)]);
+        tf.dispose([...weightTensors(gen.vqgan.weights), ...clipWeightTensors(gen.guides[0].weights)]);
       }
     });
   });
