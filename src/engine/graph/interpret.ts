@@ -137,10 +137,8 @@ class Kinds<T> {
         const vals: T[] = [];
         const arg = (a: FusedArg) => ('input' in a ? x[a.input] : vals[a.step]);
         for (const s of (n.attrs as Attrs['fused']).steps) {
-          if (s.op === 'unary') vals.push(this.unary(s.attrs, arg(s.args[0])));
-          else if (s.op === 'binary') vals.push(this.binary(s.attrs, arg(s.args[0]), arg(s.args[1])));
-          else if (s.op === 'matmul') vals.push(o.matmul(arg(s.args[0]), arg(s.args[1]), s.attrs.transposeA, s.attrs.transposeB));
-          else vals.push(o.reshape(arg(s.args[0]), s.shape));
+          const step = { id: n.id, op: s.op, inputs: [], attrs: 'attrs' in s ? s.attrs : {}, shape: s.shape, dtype: 'f32' } as Node;
+          vals.push(this.run(step, s.args.map(arg), inputs));
         }
         return vals[vals.length - 1];
       }

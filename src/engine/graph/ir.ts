@@ -64,13 +64,16 @@ export type FusedArg = { input: number } | { step: number };
 
 /**
  * One node of a fused group, as it was in the graph: its kind, attrs, operands and its own shape. A group has at most
- * one matmul, whose operands are inputs of the fused node (the rest of the group is its epilogue).
+ * one lead (a matmul, conv2d or conv2dGradInput), whose operands are inputs of the fused node (the rest of the group
+ * is its epilogue).
  */
 export type FusedStep =
   | { op: 'unary'; attrs: Attrs['unary']; args: [FusedArg]; shape: number[] }
   | { op: 'binary'; attrs: Attrs['binary']; args: [FusedArg, FusedArg]; shape: number[] }
   | { op: 'reshape'; args: [FusedArg]; shape: number[] }
-  | { op: 'matmul'; attrs: Attrs['matmul']; args: [FusedArg, FusedArg]; shape: number[] };
+  | { op: 'matmul'; attrs: Attrs['matmul']; args: [FusedArg, FusedArg]; shape: number[] }
+  | { op: 'conv2d'; attrs: Attrs['conv2d']; args: FusedArg[]; shape: number[] } // x, w and the bias if any
+  | { op: 'conv2dGradInput'; attrs: Attrs['conv2dGradInput']; args: [FusedArg, FusedArg]; shape: number[] };
 
 export interface Attrs {
   input: { name: string };
@@ -124,8 +127,8 @@ export interface Attrs {
   /** Inputs indices i32 [M] -> f32 [M, depth]. */
   oneHot: { depth: number };
   /**
-   * A group of elementwise nodes (unary, binary with broadcasting, reshapes between them; optionally after the matmul
-   * that makes one of their operands) run as one kernel. Made
+   * A group of elementwise nodes (unary, binary with broadcasting, reshapes between them; optionally after the matmul,
+   * conv2d or conv2dGradInput that makes one of their operands) run as one kernel. Made
    * by graph/fuse.ts for the planner only (tracing never makes one): `steps` are the group's nodes in their order,
    * with the same semantics as the nodes themselves; the node's value is the last step's (shape node.shape).
    */
