@@ -250,6 +250,64 @@ describe('elementwise fusion on the software adapter', () => {
     }
   });
 
+  test('conv2d / conv2dGradInput epilogues: every GEMM form, the zero-filled pixels included', async (t) => {
+    if (unavailable) return t.skip(unavailable);
+    const r = rng(11);
+    const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => r() - 0.5);
+    type Pad4 = [number, number, number, number];
+    // A conv2d, or a conv2dGradInput of a conv of x by w, then `then` on its result (`extra` has the result's shape or
+    // broadcasts to it). `form` must be among the fused plan's dispatch labels: proves which kernel ran.
+    const cases: Array<{ name: string; x: number[]; w: number[]; stride: number; pad: Pad4; grad: boolean; bias?: boolean; extra: number[]; form: RegExp; then: (b: GraphBuilder, y: Sym, extra: Sym) => Sym }> = [
+      // residual block tail: conv + bias, then the residual add and an activation (tiled GEMM)
+      { name: 'conv 3x3 + bias, residual, swish', x: [1, 12, 12, 8], w: [3, 3, 8, 16], stride: 1, pad: [1, 1, 1, 1], grad: false, bias: true, extra: [1, 12, 12, 16], form: /conv2d\+fused.*tiled/, then: (b, y, res) => b.swish(b.add(res, y)) },
+      // 1x1 without bias read in place (simple GEMM), through a reshape, with a broadcast per-channel scale
+      { name: 'conv 1x1, reshape, scale', x: [2, 5, 5, 6], w: [1, 1, 6, 7], stride: 1, pad: [0, 0, 0, 0], grad: false, extra: [7], form: /conv2d\+fused.*simple/, then: (b, y, g) => b.mul(b.reshape(y, [50, 7]), g) },
+      // patch embedding (kernel = stride): the ViT's first layer
+      { name: 'conv 4x4 s4 patches', x: [2, 16, 16, 3], w: [4, 4, 3, 20], stride: 4, pad: [0, 0, 0, 0], grad: false, bias: true, extra: [16, 20], form: /conv2d\+fused/, then: (b, y, pos) => b.add(b.reshape(y, [2, 16, 20]), pos) },
+      // activation gradient after a conv's input gradient, stride 1 (one phase, tiled); `extra` stands for x
+      { name: 'grad 3x3 s1, swishGrad', x: [1, 12, 10, 20], w: [3, 3, 20, 9], stride: 1, pad: [1, 1, 1, 1], grad: true, extra: [1, 12, 10, 20], form: /conv2dGradInput\+fused.*tiled/, then: (b, dx, x) => b.binary('swishGrad', x, dx) },
+      // taming's Downsample: four phases, each storing its pixels through the epilogue
+      { name: 'grad 3x3 s2 phases, add, swishGrad', x: [1, 10, 9, 6], w: [3, 3, 6, 5], stride: 2, pad: [0, 1, 0, 1], grad: true, extra: [1, 10, 9, 6], form: /conv2dGradInput\+fused.*phase 1,1/, then: (b, dx, x) => b.binary('swishGrad', x, b.add(dx, x)) },
+      // 1x1 stride 2: 3/4 of dx is no tap's, zero-filled: the epilogue must see 0 there (add: the residual shows)
+      { name: 'grad 1x1 s2 gaps, residual add', x: [2, 7, 8, 5], w: [1, 1, 5, 6], stride: 2, pad: [0, 0, 0, 0], grad: true, extra: [2, 7, 8, 5], form: /conv2dGradInput\+fused.*zero/, then: (b, dx, res) => b.sigmoid(b.add(dx, res)) },
+      // patches with a border no patch reaches
+      { name: 'grad 4x4 s4 ragged border', x: [1, 18, 17, 3], w: [4, 4, 3, 5], stride: 4, pad: [0, 0, 0, 0], grad: true, extra: [3], form: /conv2dGradInput\+fused.*zero/, then: (b, dx, c) => b.addScalar(b.mul(dx, c), 0.5) },
+    ];
+    for (const c of cases) {
+      const b = new GraphBuilder();
+      const x = b.input('x', c.x);
+      const w = b.constant(data(c.w), c.w);
+      const extra = b.input('extra', c.extra);
+      let y: Sym;
+      const inputs: Record<string, { data: Float32Array; shape: number[] }> = { x: { data: data(c.x), shape: c.x }, extra: { data: data(c.extra), shape: c.extra } };
+      if (c.grad) {
+        const yShape = b.conv2d(x, w, undefined, { stride: c.stride, pad: c.pad }).shape;
+        const dy = b.input('dy', yShape);
+        inputs.dy = { data: data(yShape), shape: yShape };
+        y = b.conv2dGradInput(dy, w, c.x, { stride: c.stride, pad: c.pad });
+      } else {
+        y = b.conv2d(x, w, c.bias ? b.constant(data([c.w[3]]), [c.w[3]]) : undefined, { stride: c.stride, pad: c.pad });
+      }
+      b.output('out', c.then(b, y, extra));
+      const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS, epilogues: true });
+      const fusedLabels = planGraph(f, lowerings, DEFAULT_LIMITS, opts()).dispatches.map((d) => d.label);
+      assert.ok(fusedLabels.some((l) => c.form.test(l)), `${c.name}: ${fusedLabels.join('; ')}`);
+      // The group costs nothing: the fused plan has just the conv's own dispatches.
+      const convAlone = planGraph(b.graph, lowerings, DEFAULT_LIMITS, opts()).dispatches.filter((d) => d.node === y.id).length;
+      assert.equal(fusedLabels.length, convAlone, `${c.name}: ${fusedLabels.join('; ')}`);
+      const plain = await runPlan(b.graph, inputs);
+      const fused = await runPlan(f, inputs);
+      const d = maxAbsDiff(fused.values.out, plain.values.out);
+      // Both plans share the conv kernels: the tfjs cpu backend checks those too (summation order differs there).
+      const feed = () => Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, tf.tensor(v.data, v.shape)]));
+      const ref = tf.tidy(() => interpret(tfOps, b.graph, feed()).out.dataSync());
+      const dRef = maxAbsDiff(fused.values.out, ref);
+      t.diagnostic(`${c.name}: ${plain.dispatches} -> ${fused.dispatches} dispatches, max abs diff ${d} (vs tfjs cpu ${dRef.toExponential(1)})`);
+      assert.ok(d <= 1e-6, `${c.name}: ${d}`);
+      assert.ok(dRef <= 1e-5, `${c.name}: vs tfjs ${dRef}`);
+    }
+  });
+
   test('random DAGs with broadcasting and reshapes: fused and unfused plans agree, with fewer dispatches', async (t) => {
     if (unavailable) return t.skip(unavailable);
     let worst = 0;

@@ -23,20 +23,24 @@
 // operand is read at its broadcast index into its reader's frame, whatever the shapes in between. Hence two rules:
 // a reshape joins only at the group's full size, and a member's readers must agree on its frame (fusedFrames).
 //
-// Epilogues (option): the group may also take the matmul that makes one of its operands, when the group reads it
-// whole (same size as the sink) and nothing else does. The GEMM's store then computes the group at the element it
-// stores (kernels/fused.ts); the matmul's operands become inputs of the fused node (they are not fused further).
-// Bias adds after linear layers, the attention scores' scale, the MLP's activation gradients are such groups.
+// Epilogues (option): the group may also take the GEMM-shaped node (matmul, conv2d, conv2dGradInput) that makes one
+// of its operands, when the group reads it whole (same size as the sink) and nothing else does. The GEMM's store then
+// computes the group at the element it stores (kernels/fused.ts); the lead's operands become inputs of the fused node
+// (they are not fused further). Bias adds after linear layers, the attention scores' scale, residual adds after convs,
+// the activation gradients that read a conv's input gradient are such groups.
 import { sizeOf, type FusedArg, type FusedStep, type Graph, type Node } from './ir.ts';
 
 export interface FuseOptions {
   /** Most distinct inputs of one fused node (the kernel's storage buffers, less the output). */
   maxInputs: number;
-  /** Also fuse a group into the store of the matmul making one of its operands (one GEMM dispatch for both). */
+  /** Also fuse a group into the store of the matmul/conv making one of its operands (one GEMM dispatch for both). */
   epilogues?: boolean;
 }
 
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
+
+/** Kinds that may lead a group as its epilogue's producer (see the header). */
+const LEADS = new Set<string>(['matmul', 'conv2d', 'conv2dGradInput']);
 
 /** unary/binary nodes that compute something (a copy alone is a buffer alias, no kernel). */
 const computes = (n: Node): boolean => n.dtype === 'f32' && (n.op === 'binary' || (n.op === 'unary' && (n.attrs as { fn: string }).fn !== 'copy'));
@@ -94,8 +98,8 @@ export function fuseElementwise(g: Graph, opts: FuseOptions): Graph {
       const p = Math.max(...candidates);
       candidates.delete(p);
       const n = nodes[p];
-      // A matmul of the group's size (not broadcast inside it) may lead the group: the rest becomes its epilogue.
-      const producer = opts.epilogues && n.op === 'matmul' && !hasProducer && sizeOf(n.shape) === size;
+      // A GEMM of the group's size (not broadcast inside it) may lead the group: the rest becomes its epilogue.
+      const producer = opts.epilogues && LEADS.has(n.op) && !hasProducer && sizeOf(n.shape) === size;
       const fusible = n.dtype === 'f32' && (producer || n.op === 'unary' || n.op === 'binary' || (n.op === 'reshape' && sizeOf(n.shape) === size));
       if (!fusible || taken[p] || isOutput[p] || !readers[p].every((r) => members.has(r))) continue;
       const frames = readers[p].map((r) => (nodes[r].op === 'reshape' ? n.shape : frame.get(r)!));
@@ -112,7 +116,7 @@ export function fuseElementwise(g: Graph, opts: FuseOptions): Graph {
       else for (const i of n.inputs) candidates.add(i);
     }
     const order = [...members].sort((a, b) => a - b);
-    if (order.filter((id) => computes(nodes[id]) || nodes[id].op === 'matmul').length < 2) continue;
+    if (order.filter((id) => computes(nodes[id]) || LEADS.has(nodes[id].op)).length < 2) continue;
     for (const id of order) taken[id] = 1;
     out[sinkId] = fusedNode(nodes, order);
   }
@@ -136,6 +140,8 @@ function fusedNode(nodes: readonly Node[], order: number[]): Node<'fused'> {
     if (n.op === 'unary') return { op: 'unary', attrs: n.attrs as Node<'unary'>['attrs'], args: [arg(n.inputs[0])], shape };
     if (n.op === 'binary') return { op: 'binary', attrs: n.attrs as Node<'binary'>['attrs'], args: [arg(n.inputs[0]), arg(n.inputs[1])], shape };
     if (n.op === 'matmul') return { op: 'matmul', attrs: n.attrs as Node<'matmul'>['attrs'], args: [arg(n.inputs[0]), arg(n.inputs[1])], shape };
+    if (n.op === 'conv2d') return { op: 'conv2d', attrs: n.attrs as Node<'conv2d'>['attrs'], args: n.inputs.map(arg), shape };
+    if (n.op === 'conv2dGradInput') return { op: 'conv2dGradInput', attrs: n.attrs as Node<'conv2dGradInput'>['attrs'], args: [arg(n.inputs[0]), arg(n.inputs[1])], shape };
     return { op: 'reshape', args: [arg(n.inputs[0])], shape };
   });
   const sink = nodes[order[order.length - 1]];

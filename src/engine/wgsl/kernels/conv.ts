@@ -13,20 +13,38 @@
 // - otherwise by phase: the dx pixels with iy = py (mod s), ix = px (mod s) all use the same taps ky = py + padTop
 //   (mod s), kx likewise, so each of the s*s phases is a dense GEMM, M = its pixels, N = Cin, K = taps*Cout
 //   (taming's Downsample, 3x3 stride 2 pad [0,1,0,1]: phases with 2x2, 2x1, 1x2 and 1x1 taps; stride 1 is one phase).
+//
+// Both take their buffers and the store from the caller (ConvIo), as matmul does, so that a fused elementwise group
+// reading the result (kernels/fused.ts) runs in the GEMM's store: every output element is stored exactly once, by the
+// GEMM or, for the input gradient's untouched pixels, by the fill with v = 0.
 import { grid1d, type Dispatch, type KernelLimits, type KernelNode, type Lowerings } from '../kernel.ts';
 import { gemmDispatch } from './gemm.ts';
 
 const shapeText = (s: number[]) => `[${s.join(',')}]`;
 
-function lowerConv2d(node: KernelNode<'conv2d'>, limits: KernelLimits): Dispatch {
+/**
+ * Where a conv reads and writes: `decls` declares the buffers (bindings in the order of `bindings`), `inputs` names
+ * the node's operands' buffers in its input order (conv2d: x, w, bias if any; conv2dGradInput: dy, w), and `store` is
+ * WGSL statements that write `v`, the output element (bias included) at the flat NHWC index `i`. `fill` declares the
+ * buffers of conv2dGradInput's zero-fill dispatch when it binds fewer (it reads no operand of the node itself).
+ */
+export interface ConvIo {
+  decls: string;
+  inputs: string[];
+  store: string;
+  bindings: Dispatch['bindings'];
+  fill?: { decls: string; bindings: Dispatch['bindings'] };
+}
+
+export function conv2dDispatch(node: KernelNode<'conv2d'>, io: ConvIo, limits: KernelLimits, label?: string): Dispatch {
   const { stride, pad } = node.attrs;
   const [B, H, W, Cin] = node.inputs[0].shape;
   const [kh, kw, , Cout] = node.inputs[1].shape;
   const [, Ho, Wo] = node.output.shape;
-  const hasBias = node.inputs.length > 2;
+  const [x, w, bias] = io.inputs;
   const plain = kh === 1 && kw === 1 && stride === 1 && pad.every((p) => p === 0);
   const loadA = plain
-    ? `return cvX[m * ${Cin}u + k];`
+    ? `return ${x}[m * ${Cin}u + k];`
     : /* wgsl */ `
   let ox = m % ${Wo}u;
   let oy = (m / ${Wo}u) % ${Ho}u;
@@ -38,19 +56,18 @@ function lowerConv2d(node: KernelNode<'conv2d'>, limits: KernelLimits): Dispatch
   let iy = oy * ${stride}u + ky - ${pad[0]}u;
   let ix = ox * ${stride}u + kx - ${pad[2]}u;
   if (iy >= ${H}u || ix >= ${W}u) { return 0.0; }
-  return cvX[((b * ${H}u + iy) * ${W}u + ix) * ${Cin}u + ci];`;
+  return ${x}[((b * ${H}u + iy) * ${W}u + ix) * ${Cin}u + ci];`;
   const prelude = /* wgsl */ `
-@group(0) @binding(0) var<storage, read> cvX: array<f32>;
-@group(0) @binding(1) var<storage, read> cvW: array<f32>;
-${hasBias ? '@group(0) @binding(2) var<storage, read> cvBias: array<f32>;' : ''}
-@group(0) @binding(${hasBias ? 3 : 2}) var<storage, read_write> cvY: array<f32>;
+${io.decls}
 fn loadA(bz: u32, m: u32, k: u32) -> f32 {${loadA}
 }
 fn loadB(bz: u32, k: u32, n: u32) -> f32 {
-  return cvW[k * ${Cout}u + n];
+  return ${w}[k * ${Cout}u + n];
 }
-fn store(bz: u32, m: u32, n: u32, v: f32) {
-  cvY[m * ${Cout}u + n] = v${hasBias ? ' + cvBias[n]' : ''};
+fn store(bz: u32, m: u32, n: u32, acc: f32) {
+  let i = m * ${Cout}u + n;
+  let v = acc${bias ? ` + ${bias}[n]` : ''};
+${io.store}
 }
 `;
   return gemmDispatch(
@@ -62,48 +79,60 @@ fn store(bz: u32, m: u32, n: u32, v: f32) {
       prelude,
       aFast: 'k',
       bFast: 'n',
-      bindings: [{ input: 0 }, { input: 1 }, ...(hasBias ? [{ input: 2 }] : []), { output: true }],
-      label: `conv2d ${kh}x${kw} s${stride} pad ${shapeText(pad)} ${shapeText([B, H, W, Cin])}->${shapeText(node.output.shape)}`,
+      bindings: io.bindings,
+      label: label ?? `conv2d ${kh}x${kw} s${stride} pad ${shapeText(pad)} ${shapeText([B, H, W, Cin])}->${shapeText(node.output.shape)}`,
     },
     limits,
   );
 }
 
-function zeroFill(count: number, label: string, limits: KernelLimits): Dispatch {
+/**
+ * The pixels of dx that no tap reaches (kernel <= stride with gaps or a ragged edge) get v = 0 through the store;
+ * pixel (iy, ix) is reached when iy + padTop = oy*s + ky for some oy < Ho, ky < kh (likewise x).
+ */
+function fillUncovered(node: KernelNode<'conv2dGradInput'>, io: ConvIo, label: string, limits: KernelLimits): Dispatch {
+  const { stride: s, pad } = node.attrs;
+  const [, Ho, Wo] = node.inputs[0].shape;
+  const [kh, kw] = node.inputs[1].shape;
+  const [B, H, W, Cin] = node.output.shape;
+  const count = B * H * W * Cin;
+  const fill = io.fill ?? io;
   const code = /* wgsl */ `
-@group(0) @binding(0) var<storage, read_write> zOut: array<f32>;
+${fill.decls}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = gid.x + gid.y * (nwg.x * 64u);
-  if (i < ${count}u) { zOut[i] = 0.0; }
+  if (i >= ${count}u) { return; }
+  let ty = (i / ${W * Cin}u) % ${H}u + ${pad[0]}u;
+  let tx = (i / ${Cin}u) % ${W}u + ${pad[2]}u;
+  if (ty % ${s}u < ${kh}u && ty / ${s}u < ${Ho}u && tx % ${s}u < ${kw}u && tx / ${s}u < ${Wo}u) { return; }
+  let v = 0.0;
+${io.store}
 }
 `;
-  return { code, bindings: [{ output: true }], workgroups: grid1d(count, 64, limits), label: `${label} zero` };
+  return { code, bindings: fill.bindings, workgroups: grid1d(count, 64, limits), label: `${label} zero` };
 }
 
-function lowerConv2dGradInput(node: KernelNode<'conv2dGradInput'>, limits: KernelLimits): Dispatch[] {
+export function conv2dGradInputDispatches(node: KernelNode<'conv2dGradInput'>, io: ConvIo, limits: KernelLimits, label?: string): Dispatch[] {
   const { stride: s, pad } = node.attrs;
   const [B, Ho, Wo, Cout] = node.inputs[0].shape;
   const [kh, kw, Cin] = node.inputs[1].shape;
   const [, H, W] = node.output.shape;
   const [padT, , padL] = pad;
-  const label = `conv2dGradInput ${kh}x${kw} s${s} pad ${shapeText(pad)} ${shapeText(node.inputs[0].shape)}->${shapeText(node.output.shape)}`;
-  const bindings: Dispatch['bindings'] = [{ input: 0 }, { input: 1 }, { output: true }];
-  const buffers = /* wgsl */ `
-@group(0) @binding(0) var<storage, read> gDy: array<f32>;
-@group(0) @binding(1) var<storage, read> gW: array<f32>;
-@group(0) @binding(2) var<storage, read_write> gDx: array<f32>;
-`;
+  label ??= `conv2dGradInput ${kh}x${kw} s${s} pad ${shapeText(pad)} ${shapeText(node.inputs[0].shape)}->${shapeText(node.output.shape)}`;
+  const { bindings } = io;
+  const [gDy, gW] = io.inputs;
+  const buffers = io.decls;
 
   if (kh <= s && kw <= s) {
     // m = (b, oy, ox), n = (ky, kx, ci), k = co.
     const covered = kh === s && kw === s && Ho * s - padT >= H && Wo * s - padL >= W;
     const prelude = /* wgsl */ `${buffers}
 fn loadA(bz: u32, m: u32, k: u32) -> f32 {
-  return gDy[m * ${Cout}u + k];
+  return ${gDy}[m * ${Cout}u + k];
 }
 fn loadB(bz: u32, k: u32, n: u32) -> f32 {
-  return gW[n * ${Cout}u + k];
+  return ${gW}[n * ${Cout}u + k];
 }
 fn store(bz: u32, m: u32, n: u32, v: f32) {
   let ox = m % ${Wo}u;
@@ -114,14 +143,17 @@ fn store(bz: u32, m: u32, n: u32, v: f32) {
   let ky = n / ${Cin * kw}u;
   let iy = oy * ${s}u + ky - ${padT}u;
   let ix = ox * ${s}u + kx - ${padL}u;
-  if (iy < ${H}u && ix < ${W}u) { gDx[((b * ${H}u + iy) * ${W}u + ix) * ${Cin}u + ci] = v; }
+  if (iy < ${H}u && ix < ${W}u) {
+    let i = ((b * ${H}u + iy) * ${W}u + ix) * ${Cin}u + ci;
+${io.store}
+  }
 }
 `;
     const gemm = gemmDispatch(
       { M: B * Ho * Wo, N: kh * kw * Cin, K: Cout, batch: 1, prelude, aFast: 'k', bFast: 'k', bindings, label: `${label} patches` },
       limits,
     );
-    return covered ? [gemm] : [zeroFill(B * H * W * Cin, label, limits), gemm];
+    return covered ? [gemm] : [fillUncovered(node, io, label, limits), gemm];
   }
 
   const dispatches: Dispatch[] = [];
@@ -152,19 +184,20 @@ fn loadA(bz: u32, m: u32, k: u32) -> f32 {
   let oy = j + ${qy}u - ty;
   let ox = i + ${qx}u - tx;
   if (oy >= ${Ho}u || ox >= ${Wo}u) { return 0.0; }
-  return gDy[((b * ${Ho}u + oy) * ${Wo}u + ox) * ${Cout}u + co];
+  return ${gDy}[((b * ${Ho}u + oy) * ${Wo}u + ox) * ${Cout}u + co];
 }
 fn loadB(bz: u32, k: u32, n: u32) -> f32 {
   let co = k % ${Cout}u;
   let kx = ${kx0}u + ${s}u * ((k / ${Cout}u) % ${ntxDiv}u);
   let ky = ${ky0}u + ${s}u * (k / ${Cout * ntxDiv}u);
-  return gW[((ky * ${kw}u + kx) * ${Cin}u + n) * ${Cout}u + co];
+  return ${gW}[((ky * ${kw}u + kx) * ${Cin}u + n) * ${Cout}u + co];
 }
 fn store(bz: u32, m: u32, n: u32, v: f32) {
-  let i = m % ${Wp}u;
-  let j = (m / ${Wp}u) % ${Hp}u;
+  let col = m % ${Wp}u;
+  let row = (m / ${Wp}u) % ${Hp}u;
   let b = m / ${Wp * Hp}u;
-  gDx[((b * ${H}u + ${py}u + ${s}u * j) * ${W}u + ${px}u + ${s}u * i) * ${Cin}u + n] = v;
+  let i = ((b * ${H}u + ${py}u + ${s}u * row) * ${W}u + ${px}u + ${s}u * col) * ${Cin}u + n;
+${io.store}
 }
 `;
       const phase = s > 1 ? ` phase ${py},${px}` : '';
@@ -179,7 +212,20 @@ fn store(bz: u32, m: u32, n: u32, v: f32) {
   return dispatches;
 }
 
+/** The single-node kernels' buffers: inputs in order, then the output `cvOut`, stored plainly. */
+function plainIo(inputs: number): ConvIo {
+  const names = [...Array(inputs).keys()].map((k) => `cvIn${k}`);
+  const decls = [...names.map((n, k) => `@group(0) @binding(${k}) var<storage, read> ${n}: array<f32>;`), `@group(0) @binding(${inputs}) var<storage, read_write> cvOut: array<f32>;`];
+  return {
+    decls: decls.join('\n'),
+    inputs: names,
+    store: '  cvOut[i] = v;',
+    bindings: [...names.map((_, k) => ({ input: k })), { output: true }],
+    fill: { decls: '@group(0) @binding(0) var<storage, read_write> cvOut: array<f32>;', bindings: [{ output: true }] },
+  };
+}
+
 export const lowerings: Lowerings = {
-  conv2d: (node, limits) => ({ dispatches: [lowerConv2d(node, limits)] }),
-  conv2dGradInput: (node, limits) => ({ dispatches: lowerConv2dGradInput(node, limits) }),
+  conv2d: (node, limits) => ({ dispatches: [conv2dDispatch(node, plainIo(node.inputs.length), limits)] }),
+  conv2dGradInput: (node, limits) => ({ dispatches: conv2dGradInputDispatches(node, plainIo(2), limits) }),
 };

@@ -1,16 +1,22 @@
 // The `fused` kind (graph/fuse.ts): a group of elementwise steps as one kernel. Per output element i, each distinct
 // (input, frame) pair is read once at its broadcast index into the frame (see fuse.ts's header), each step is one
 // `let` of the expressions the single-node kernels use (unaryExpr / binaryExpr), reshapes are free.
-// Without a matmul step it is a 1-D launch over the output. With one, it is that matmul's GEMM (kernels/matmul.ts)
-// whose store computes the group at the element it stores: the matmul step's value is the stored `v`.
-import type { Attrs, FusedStep } from '../../graph/ir.ts';
+// Without a lead step it is a 1-D launch over the output. With one (a matmul, conv2d or conv2dGradInput), it is that
+// node's GEMM (kernels/matmul.ts, kernels/conv.ts) whose store computes the group at the element it stores: the lead
+// step's value is the stored `v`. conv2dGradInput's pixels that no tap reaches are stored by its fill with v = 0.
+import type { Attrs, FusedArg, FusedStep } from '../../graph/ir.ts';
 import { fusedFrames } from '../../graph/fuse.ts';
 import type { KernelLimits, KernelNode, Lowered, Lowerings, TensorInfo } from '../kernel.ts';
 import { broadcastIndex, broadcastStrides, binaryExpr, ELEMENTWISE_HELPERS, unaryExpr } from './elementwise.ts';
 import { buffer, kernel1d, prod, stridedOffsets } from './common.ts';
+import { conv2dDispatch, conv2dGradInputDispatches } from './conv.ts';
 import { matmulDispatch } from './matmul.ts';
 
-/** WGSL statements computing the group at flat index `i` into `s<last>` (the matmul step, if any, is `v`). */
+/** Steps whose value comes from a GEMM's store (at most one per group, its operands inputs of the group). */
+const isLead = (s: FusedStep): s is Extract<FusedStep, { op: 'matmul' | 'conv2d' | 'conv2dGradInput' }> =>
+  s.op === 'matmul' || s.op === 'conv2d' || s.op === 'conv2dGradInput';
+
+/** WGSL statements computing the group at flat index `i` into `s<last>` (the lead step, if any, is `v`). */
 function groupStatements(steps: FusedStep[], inputs: TensorInfo[], out: number[]): string {
   const frames = fusedFrames(steps, out);
   // Reads: one `let` per (input, frame); operands whose broadcast is not one contiguous block use per-dimension
@@ -35,7 +41,7 @@ function groupStatements(steps: FusedStep[], inputs: TensorInfo[], out: number[]
     return name;
   };
   steps.forEach((s, j) => {
-    if (s.op === 'matmul') {
+    if (isLead(s)) {
       lines.push(`  let s${j} = v;`);
       return;
     }
@@ -59,26 +65,34 @@ function lowerFused(node: KernelNode<'fused'>, limits: KernelLimits): Lowered {
   const out = node.output.shape;
   const last = steps[steps.length - 1];
   if (!last || prod(last.shape) !== prod(out)) throw new Error(`fused: the last step's shape [${last?.shape}] is not the output's [${out}]`);
-  const fns = steps.flatMap((s) => (s.op === 'reshape' || s.op === 'matmul' ? [] : [s.attrs.fn]));
+  const fns = steps.flatMap((s) => (s.op === 'unary' || s.op === 'binary' ? [s.attrs.fn] : []));
   const decls = [...node.inputs.map((_, k) => buffer(k, `fIn${k}`, 'f32')), buffer(node.inputs.length, 'fOut', 'f32', true), ELEMENTWISE_HELPERS].join('\n');
   const bindings = [...node.inputs.map((_, i) => ({ input: i })), { output: true as const }];
-  const body = `${groupStatements(steps, node.inputs, out)}\n  fOut[i] = s${steps.length - 1};`;
+  const store = `${groupStatements(steps, node.inputs, out)}\n  fOut[i] = s${steps.length - 1};`;
 
-  const mm = steps.filter((s) => s.op === 'matmul');
-  if (mm.length > 1) throw new Error('fused: more than one matmul');
-  if (mm.length === 1) {
-    const s = mm[0];
-    if (prod(s.shape) !== prod(out)) throw new Error(`fused: matmul [${s.shape}] in a group of [${out}]`);
-    const [a, b] = s.args.map((x) => {
-      if (!('input' in x)) throw new Error('fused: a matmul operand must be an input of the group');
-      return x.input;
-    });
-    const mmNode: KernelNode<'matmul'> = { op: 'matmul', attrs: s.attrs, inputs: [node.inputs[a], node.inputs[b]], output: { shape: s.shape, dtype: 'f32' } };
-    const io = { decls, a: `fIn${a}`, b: `fIn${b}`, store: body, bindings };
-    return { dispatches: [matmulDispatch(mmNode, io, limits, `matmul+fused ${fns.join(',')} [${node.inputs[a].shape}]x[${node.inputs[b].shape}] -> [${out}]`)] };
+  const leads = steps.filter(isLead);
+  if (leads.length > 1) throw new Error('fused: more than one lead step');
+  if (leads.length === 0) {
+    const k = kernel1d(decls, prod(out), store, limits);
+    return { dispatches: [{ ...k, bindings, label: `fused ${fns.join(',')} -> [${out}]` }] };
   }
-  const k = kernel1d(decls, prod(out), body, limits);
-  return { dispatches: [{ ...k, bindings, label: `fused ${fns.join(',')} -> [${out}]` }] };
+  const s = leads[0];
+  if (prod(s.shape) !== prod(out)) throw new Error(`fused: ${s.op} [${s.shape}] in a group of [${out}]`);
+  const operand = (x: FusedArg) => {
+    if (!('input' in x)) throw new Error(`fused: a ${s.op} operand must be an input of the group`);
+    return x.input;
+  };
+  const ks = s.args.map(operand);
+  const names = ks.map((k) => `fIn${k}`);
+  const lead = { inputs: ks.map((k) => node.inputs[k]), output: { shape: s.shape, dtype: 'f32' as const } };
+  const label = `${s.op}+fused ${fns.join(',')} ${lead.inputs.map((t) => `[${t.shape}]`).join('x')} -> [${out}]`;
+  if (s.op === 'matmul') {
+    const io = { decls, a: names[0], b: names[1], store, bindings };
+    return { dispatches: [matmulDispatch({ op: s.op, attrs: s.attrs, ...lead }, io, limits, label)] };
+  }
+  const io = { decls, inputs: names, store, bindings };
+  if (s.op === 'conv2d') return { dispatches: [conv2dDispatch({ op: s.op, attrs: s.attrs, ...lead }, io, limits, label)] };
+  return { dispatches: conv2dGradInputDispatches({ op: s.op, attrs: s.attrs, ...lead }, io, limits, label) };
 }
 
 export const lowerings: Lowerings = { fused: lowerFused };
