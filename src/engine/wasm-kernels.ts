@@ -88,17 +88,147 @@ function swapLast2(rank: number): number[] {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// BatchMatMul / _FusedMatMul with transposes: transpose explicitly, then the fast plain kernel.
+// BatchMatMul / _FusedMatMul.
+//
+// The stock C++ kernel uses XNNPACK only for ONE untransposed [1, M, K] @ [1, K, N]; transposes and any batch > 1
+// run a naive blocked loop (32 x [224, 256] @ [256, 672], the cutouts' crop matmul: ~2-4 s vs ~0.2 s as 2-D
+// matmuls). So: transposes are done explicitly (Transpose is a memory copy), a broadcast right operand folds the
+// batch into the rows (one 2-D matmul), and otherwise every output batch is its own 2-D XNNPACK matmul on VIEWS of
+// the operands and the output: tensor ids the C++ side knows, registered at offsets into their heap memory, so
+// nothing is copied or concatenated. But each XNNPACK call also wakes its thread pool: ~0.1 ms on an idle machine,
+// 1-2 ms with the cores contended (measured here: 384 x [50, 64] @ [64, 50], CLIP's attention, took 0.3-0.7 s as
+// per-batch calls vs 0.1-0.17 s on the loop). So a batch goes to XNNPACK only where the loop is estimated to cost
+// clearly more than that; smaller products keep the previous path (explicit transposes, then the stock loop).
+
+/** Rough cost of the stock loop in ns (measured here: ~0.6 GMAC/s, plus ~20 ns per output element). */
+function stockLoopNs(m: number, k: number, n: number): number {
+  return 1.6 * m * k * n + 20 * m * n;
+}
+/** The loop time above which one XNNPACK call (thread pool wake-up included, contended) is the cheaper choice. */
+const XNNPACK_CALL_NS = 2e6;
+
+/** The C++ BatchMatMul entry point (the one the stock kernel wraps). */
+type WasmBatchMatMul = (
+  aId: number,
+  aShape: Uint8Array,
+  aRank: number,
+  bId: number,
+  bShape: Uint8Array,
+  bRank: number,
+  transposeA: boolean,
+  transposeB: boolean,
+  outId: number,
+) => void;
+const wasmBatchMatMuls = new WeakMap<BackendWasm, WasmBatchMatMul>();
+
+/** Bound lazily per backend instance: kernels registered after the backend started get no setupFunc call. */
+function wasmBatchMatMul(backend: BackendWasm): WasmBatchMatMul {
+  let f = wasmBatchMatMuls.get(backend);
+  if (!f) {
+    const module = backend.wasm as unknown as { cwrap: (name: string, ret: null, args: string[]) => WasmBatchMatMul };
+    const args = ['number', 'array', 'number', 'number', 'array', 'number', 'number', 'number', 'number'];
+    f = module.cwrap(tf.BatchMatMul, null, args);
+    wasmBatchMatMuls.set(backend, f);
+  }
+  return f;
+}
+
+/**
+ * Tensor ids aliasing a range of another tensor's heap memory (no copy). XNNPACK caches a packed-weights operator
+ * per right-operand id and drops it when the id is disposed, which release() does; it frees no memory.
+ */
+class HeapViews {
+  private views: TensorInfo[] = [];
+  constructor(private readonly backend: BackendWasm) {}
+
+  /** Id of `size` floats of `t` starting at element `offset`. */
+  view(t: TensorInfo, offset: number, size: number): number {
+    const base = this.backend.dataIdMap.get(t.dataId).memoryOffset;
+    const v = this.backend.makeOutput([size], 'float32', base + 4 * offset);
+    this.views.push(v);
+    return this.backend.dataIdMap.get(v.dataId).id;
+  }
+
+  release(): void {
+    for (const v of this.views) {
+      const { id } = this.backend.dataIdMap.get(v.dataId);
+      this.backend.dataIdMap.delete(v.dataId);
+      this.backend.wasm.tfjs.disposeData(id);
+    }
+    this.views = [];
+  }
+}
+
+/** For output batch i (row-major over outDims), the index into an operand's batch dims (numpy broadcasting). */
+function broadcastIndex(dims: number[], outDims: number[]): (i: number) => number {
+  const full = [...Array<number>(outDims.length - dims.length).fill(1), ...dims];
+  return (i) => {
+    let idx = 0;
+    let stride = 1;
+    for (let d = outDims.length - 1; d >= 0; d--) {
+      const o = i % outDims[d];
+      i = Math.floor(i / outDims[d]);
+      if (full[d] !== 1) idx += o * stride;
+      stride *= full[d];
+    }
+    return idx;
+  };
+}
+
+/** a @ b (optionally transposed, batch dims broadcast) as 2-D XNNPACK matmuls where that is faster. */
+function matMul(s: Scratch, a: TensorInfo, b: TensorInfo, transposeA: boolean, transposeB: boolean): TensorInfo {
+  const ra = a.shape.length;
+  const rb = b.shape.length;
+  const [m, k] = transposeA ? [a.shape[ra - 1], a.shape[ra - 2]] : [a.shape[ra - 2], a.shape[ra - 1]];
+  const n = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
+  const aDims = a.shape.slice(0, -2);
+  const bDims = b.shape.slice(0, -2);
+  const outDims = tf.backend_util.assertAndGetBroadcastShape(aDims, bDims);
+  const batch = tf.util.sizeFromShape(outDims);
+  const a2 = transposeA ? s.transpose(a, swapLast2(ra)) : a; // [..., m, k]
+  const b2 = transposeB ? s.transpose(b, swapLast2(rb)) : b; // [..., k, n]
+  const plain = () => s.run(tf.BatchMatMul, { a: a2, b: b2 }, { transposeA: false, transposeB: false });
+  if (batch <= 1) return plain(); // the stock kernel's XNNPACK case
+  if (tf.util.sizeFromShape(bDims) === 1) {
+    // One right operand for every batch: stack the batches' rows, [batch * m, k] @ [k, n], one XNNPACK call.
+    if (stockLoopNs(batch * m, k, n) < XNNPACK_CALL_NS) return plain();
+    const y = s.run(
+      tf.BatchMatMul,
+      { a: s.reshape(a2, [1, batch * m, k]), b: s.reshape(b2, [1, k, n]) },
+      { transposeA: false, transposeB: false },
+    );
+    return s.reshape(y, [...outDims, m, n]);
+  }
+  if (stockLoopNs(m, k, n) < XNNPACK_CALL_NS) return plain();
+  const out = s.track(s.backend.makeOutput([...outDims, m, n], 'float32'));
+  const shapeBytes = (rows: number, cols: number) => new Uint8Array(new Int32Array([1, rows, cols]).buffer);
+  const aShape = shapeBytes(m, k);
+  const bShape = shapeBytes(k, n);
+  const indexA = broadcastIndex(aDims, outDims);
+  const indexB = broadcastIndex(bDims, outDims);
+  const run = wasmBatchMatMul(s.backend);
+  const views = new HeapViews(s.backend);
+  const aIds = new Map<number, number>();
+  const bIds = new Map<number, number>(); // a reused right operand keeps its packed XNNPACK operator
+  try {
+    for (let i = 0; i < batch; i++) {
+      const ia = indexA(i);
+      const ib = indexB(i);
+      if (!aIds.has(ia)) aIds.set(ia, views.view(a2, ia * m * k, m * k));
+      if (!bIds.has(ib)) bIds.set(ib, views.view(b2, ib * k * n, k * n));
+      const outId = views.view(out, i * m * n, m * n);
+      run(aIds.get(ia)!, aShape, 3, bIds.get(ib)!, bShape, 3, false, false, outId);
+    }
+  } finally {
+    views.release();
+  }
+  return out;
+}
 
 function batchMatMul(args: KernelArgs): TensorInfo {
   const { a, b } = args.inputs;
   const { transposeA, transposeB } = (args.attrs ?? {}) as { transposeA: boolean; transposeB: boolean };
-  if (!transposeA && !transposeB) return stock.get(tf.BatchMatMul)!.kernelFunc(args as never) as TensorInfo;
-  return withScratch(args.backend, (s) => {
-    const a2 = transposeA ? s.transpose(a, swapLast2(a.shape.length)) : a;
-    const b2 = transposeB ? s.transpose(b, swapLast2(b.shape.length)) : b;
-    return s.run(tf.BatchMatMul, { a: a2, b: b2 }, { transposeA: false, transposeB: false });
-  });
+  return withScratch(args.backend, (s) => matMul(s, a, b, transposeA, transposeB));
 }
 
 /** Activations of _FusedMatMul as separate stock kernels. */
@@ -142,14 +272,14 @@ function fusedMatMul(args: KernelArgs): TensorInfo {
     return stock.get(tf._FusedMatMul)!.kernelFunc(args as never) as TensorInfo;
   }
   return withScratch(args.backend, (s) => {
+    if (decompose) {
+      const y = matMul(s, a, b, attrs.transposeA, attrs.transposeB);
+      const biased = bias ? s.run('Add', { a: y, b: bias }) : y;
+      return activate(s, biased, attrs.activation ?? 'linear', attrs.leakyreluAlpha ?? 0.2, preluActivationWeights);
+    }
     const a2 = attrs.transposeA ? s.transpose(a, swapLast2(a.shape.length)) : a;
     const b2 = attrs.transposeB ? s.transpose(b, swapLast2(b.shape.length)) : b;
-    if (!decompose) {
-      return s.run(tf._FusedMatMul, { ...args.inputs, a: a2, b: b2 }, { ...attrs, transposeA: false, transposeB: false });
-    }
-    let y = s.run(tf.BatchMatMul, { a: a2, b: b2 }, { transposeA: false, transposeB: false });
-    if (bias) y = s.run('Add', { a: y, b: bias });
-    return activate(s, y, attrs.activation ?? 'linear', attrs.leakyreluAlpha ?? 0.2, preluActivationWeights);
+    return s.run(tf._FusedMatMul, { ...args.inputs, a: a2, b: b2 }, { ...attrs, transposeA: false, transposeB: false });
   });
 }
 
