@@ -159,8 +159,8 @@ describe('fast wasm kernels', () => {
       [true, false],
       [true, true],
     ]) {
-      const aMat = ta ? [k, m] : [m, k];
-      const bMat = tb ? [n, k] : [k, n];
+      const aMat: [number, number] = ta ? [k, m] : [m, k];
+      const bMat: [number, number] = tb ? [n, k] : [k, n];
       const a = seeded([3, ...aMat], 14);
       const b = seeded([3, ...bMat], 15);
       const d = await relDiffVsCpu(() => {
