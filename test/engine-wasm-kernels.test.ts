@@ -83,6 +83,7 @@ describe('fast wasm kernels', () => {
       'BatchMatMul',
       'Conv2DBackpropFilter',
       'Conv2DBackpropInput',
+      'GatherV2',
       'UnsortedSegmentSum',
       '_FusedMatMul',
     ]);
@@ -211,6 +212,27 @@ describe('fast wasm kernels', () => {
       scale = Math.max(scale, Math.abs(want[i]));
     }
     assert.ok(diff / scale < 1e-5, `relative diff ${diff / scale}`);
+  });
+
+  test('gather (short and long slices, any axis, batchDims, int32) equals cpu', async () => {
+    const cases: Array<[string, number[], number[], number[], number, number]> = [
+      ['rows of 3 (element loop)', [7, 3], [6], [6, 1, 1, 0, 3, 6], 0, 0],
+      ['rows of 40 (copyWithin)', [9, 40], [2, 3], [8, 0, 4, 4, 1, 7], 0, 0],
+      ['axis 1', [2, 5, 20], [4], [4, 0, 2, 2], 1, 0],
+      ['axis 2, slices of 1', [2, 3, 6], [5], [5, 0, 1, 5, 3], 2, 0],
+      ['batchDims 1', [2, 5, 20], [2, 3], [1, 4, 0, 3, 3, 2], 1, 1],
+    ];
+    for (const [name, xs, is, ids, axis, batchDims] of cases) {
+      const x = seeded(xs, 21);
+      const d = await relDiffVsCpu(() => tf.gather(tf.tensor(x, xs), tf.tensor(ids, is, 'int32'), axis, batchDims));
+      assert.ok(d === 0, `${name}: relative diff ${d}`);
+    }
+    await tf.setBackend('wasm');
+    const ints = tf.gather(tf.tensor([[1, 2], [3, 4], [5, 6]], [3, 2], 'int32'), tf.tensor1d([2, 0], 'int32'));
+    assert.equal(ints.dtype, 'int32');
+    assert.deepEqual(await ints.array(), [[5, 6], [1, 2]]);
+    ints.dispose();
+    assert.throws(() => tf.gather(tf.zeros([3, 2]), tf.tensor1d([3], 'int32')), /not in \[0, 2\]/);
   });
 
   test('UnsortedSegmentSum and the gather gradient equal cpu', async () => {

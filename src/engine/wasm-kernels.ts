@@ -6,8 +6,11 @@
 //     (stride-)dilated, padded dy with the spatially flipped, in/out-transposed filter. When stride == kernel and
 //     nothing is padded (ViT/CLIP patch embedding, 32x32 stride 32) the patches do not overlap and it is one matmul;
 //   - BatchMatMul with transposeA/transposeB (every matmul gradient, and attention's q·kᵀ forward) does the transpose
-//     explicitly, then a plain BatchMatMul;
+//     explicitly, then a plain BatchMatMul; a batch > 1 (which the stock kernel runs on a naive loop) runs as 2-D
+//     XNNPACK matmuls per batch where the loop is estimated slower;
 //   - _FusedMatMul with transposes: same (and batched/rank>1 bias, which the stock kernel gets wrong, decomposed);
+// and one forward kernel is slow for no reason:
+//   - GatherV2 (~0.1-0.2 us per element, index arithmetic per element): slices copied in JS on the wasm heap;
 // and two kernels are missing entirely:
 //   - Conv2DBackpropFilter (conv weight gradients): a forward Conv2D of x (channels as batch) with dy as a dilated
 //     filter; stride == kernel: one matmul;
@@ -457,6 +460,46 @@ function conv2DBackpropFilter(args: KernelArgs): TensorInfo {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// GatherV2: the stock C++ kernel computes a strided offset per element (~0.1 us per element here: the cutouts'
+// warps gather 1.6M pixels of 3 channels, ~0.3 s a call). The gathered slices are contiguous, so they are copied
+// in JS on the wasm heap: a memmove per slice (copyWithin) for long ones, an element loop for short ones. 32-bit
+// types move as raw Int32 bits (float NaN payloads unchanged).
+
+/** Slices shorter than this are copied element by element (a copyWithin call costs more). */
+const MIN_COPYWITHIN = 16;
+
+function gatherV2(args: KernelArgs): TensorInfo {
+  const backend = args.backend as BackendWasm;
+  const { x, indices } = args.inputs;
+  const { axis, batchDims } = args.attrs as { axis: number; batchDims: number };
+  if (x.dtype !== 'float32' && x.dtype !== 'int32') return stock.get(tf.GatherV2)!.kernelFunc(args as never) as TensorInfo;
+  const ax = tf.util.parseAxisParam(axis, x.shape)[0];
+  const info = tf.backend_util.segment_util.collectGatherOpShapeInfo(x, indices, ax, batchDims);
+  const { batchSize, outerSize, dimSize, sliceSize } = info;
+  const ids = backend.readSync(indices.dataId) as Int32Array;
+  for (const i of ids) {
+    if (!(i >= 0 && i < dimSize)) throw new Error(`GatherV2: the index value ${i} is not in [0, ${dimSize - 1}]`);
+  }
+  const perBatch = ids.length / batchSize;
+  const out = backend.makeOutput(info.outputShape, x.dtype); // may grow (move) the heap: views after it
+  const heap = new Int32Array(backend.typedArrayFromHeap(out).buffer);
+  const src = backend.dataIdMap.get(x.dataId).memoryOffset / 4;
+  const dst = backend.dataIdMap.get(out.dataId).memoryOffset / 4;
+  let to = dst;
+  for (let b = 0; b < batchSize; b++) {
+    for (let o = 0; o < outerSize; o++) {
+      const base = src + (b * outerSize + o) * dimSize * sliceSize;
+      for (let j = b * perBatch; j < (b + 1) * perBatch; j++, to += sliceSize) {
+        const from = base + ids[j] * sliceSize;
+        if (sliceSize >= MIN_COPYWITHIN) heap.copyWithin(to, from, from + sliceSize);
+        else for (let k = 0; k < sliceSize; k++) heap[to + k] = heap[from + k];
+      }
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // UnsortedSegmentSum (missing on wasm): out[ids[i], ...] += x[i, ...], in JS on the wasm heap. Used by tf.gather's
 // gradient w.r.t. the table; the sizes there (codebook rows x channels) make a JS loop cheap next to the model.
 
@@ -491,6 +534,7 @@ const replacements: Array<{ name: string; kernelFunc: (args: KernelArgs) => Tens
   { name: tf.BatchMatMul, kernelFunc: batchMatMul },
   { name: tf._FusedMatMul, kernelFunc: fusedMatMul },
   { name: tf.UnsortedSegmentSum, kernelFunc: unsortedSegmentSum },
+  { name: tf.GatherV2, kernelFunc: gatherV2 },
 ];
 
 /** Kernel names registered by registerFastWasmKernels(). */
