@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { initBackend, shutdownBackend, type BackendChoice } from '../../engine/backend.ts';
-import { tfExecutor } from '../../engine/tfjs-ops.ts';
+import { chooseEngine, parseEngine } from '../../engine/engines.ts';
 import { checkAnimateSettings, runAnimation, type AnimateSettings } from '../../pipelines/animate.ts';
 import { loadGenerateModels } from '../../pipelines/generate-models.ts';
 import { parseStory } from '../../pipelines/prompts.ts';
@@ -59,15 +59,17 @@ const command: CommandModule<object, AnimateArgs> = {
       .option('change-prompt-every-frames', { alias: 'cpef', type: 'number', describe: "next '^' phrase every N frames (default: never)" }) as Argv<AnimateArgs>,
   handler: async (a) => {
     const settings = animateSettingsFromArgs(a);
+    const engineChoice = parseEngine(a.engine);
     const report = await initBackend(a.backend as BackendChoice);
+    const engine = chooseEngine(engineChoice, report);
     const { signal, release } = interruptible('frame');
-    const models = await loadGenerateModels(tfExecutor, modelChoiceFromArgs(a) ?? {}, { encoder: true });
+    const models = await loadGenerateModels(engine.ex, modelChoiceFromArgs(a) ?? {}, { encoder: true });
     try {
       const t0 = performance.now();
       const outDir = a.output ?? path.join('outputs', `${outputStem(parseStory(settings.base.prompts)[0])}-animation`);
       const say = (l: string) => !a.quiet && process.stderr.write(`${l}\n`);
-      say(`vqclip: animating ${settings.frames} frames, seed ${settings.base.seed}, backend ${report.backend}`);
-      const r = await runAnimation(tfExecutor, models, settings, {
+      say(`vqclip: animating ${settings.frames} frames, seed ${settings.base.seed}, backend ${report.backend}${engine.name === 'compiled' ? ' (compiled engine)' : ''}`);
+      const r = await runAnimation(engine.ex, models, settings, {
         outDir,
         backend: report.backend,
         signal,
@@ -83,6 +85,7 @@ const command: CommandModule<object, AnimateArgs> = {
     } finally {
       release();
       models.dispose();
+      engine.destroy();
       await shutdownBackend();
     }
   },

@@ -6,7 +6,7 @@ import { render } from 'ink';
 import sharp from 'sharp';
 import type { Argv, CommandModule } from 'yargs';
 import { initBackend, shutdownBackend, type BackendChoice } from '../../engine/backend.ts';
-import { tfExecutor } from '../../engine/tfjs-ops.ts';
+import { chooseEngine, parseEngine } from '../../engine/engines.ts';
 import { defaultClipPath } from '../../models/clip-load.ts';
 import { DEFAULT_VQGAN_ID, loadGenerateModels, type LoadedModels, type ModelChoice } from '../../pipelines/generate-models.ts';
 import { runGenerate } from '../../pipelines/generate-run.ts';
@@ -26,15 +26,17 @@ const command: CommandModule<object, GenerateArgs> = {
   builder: (y) => generateOptions(y) as unknown as Argv<GenerateArgs>,
   handler: async (a) => {
     if (!process.stdin.isTTY) throw new UserError('interactive needs a terminal', 'use `vqclip generate` or `vqclip batch` in scripts');
+    const engineChoice = parseEngine(a.engine);
     const report = await initBackend(a.backend as BackendChoice);
+    const engine = chooseEngine(engineChoice, report);
     let choice: ModelChoice = modelChoiceFromArgs(a) ?? {};
-    let banner = `vqclip interactive — backend ${report.backend}`;
+    let banner = `vqclip interactive — backend ${report.backend}${engine.name === 'compiled' ? ' (compiled engine)' : ''}`;
     const haveDefaults = weightStatus().find((w) => w.weight.id === DEFAULT_VQGAN_ID)?.present && fs.existsSync(defaultClipPath());
     if (!choice.builtin && !choice.vqgan && !choice.clips?.length && !haveDefaults) {
       choice = { builtin: true };
       banner += '\nno weights installed: using the built-in UNTRAINED demo models (see `vqclip weights list` for the real ones)';
     }
-    const models: LoadedModels<unknown> = (await loadGenerateModels(tfExecutor, choice, { encoder: true })) as LoadedModels<unknown>;
+    const models: LoadedModels<unknown> = (await loadGenerateModels(engine.ex, choice, { encoder: true })) as LoadedModels<unknown>;
     const defaults: Partial<GenerateArgs> = { ...a, prompt: undefined, prompts: undefined, backend: report.backend, builtin: choice.builtin };
     try {
       const app = render(
@@ -44,7 +46,7 @@ const command: CommandModule<object, GenerateArgs> = {
           readPicture,
           run: (args, signal, onEvent) => {
             const settings = settingsFromArgs(args, undefined);
-            return runGenerate(tfExecutor, { settings, models: choice, loaded: models, output: defaultOutput(settings, args.output), backend: report.backend, signal, onEvent });
+            return runGenerate(engine.ex, { settings, models: choice, loaded: models, output: defaultOutput(settings, args.output), backend: report.backend, engine: engine.name, signal, onEvent });
           },
         }),
         { exitOnCtrlC: false },
@@ -52,6 +54,7 @@ const command: CommandModule<object, GenerateArgs> = {
       await app.waitUntilExit();
     } finally {
       models.dispose();
+      engine.destroy();
       await shutdownBackend();
     }
   },

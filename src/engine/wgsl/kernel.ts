@@ -92,6 +92,18 @@ export function f32Literal(x: number): string {
   return /[.eE]/.test(s) ? s : `${s}.0`;
 }
 
+/**
+ * The dispatch's WGSL with every non-input binding declared read_write, as the binding convention says: a kernel
+ * that reads a scratch buffer written by an earlier dispatch of its node may declare it `read`, which an explicit
+ * bind group layout (storage) would refuse.
+ */
+export function conformedCode(d: Dispatch): string {
+  return d.code.replace(/@group\(0\)\s*@binding\((\d+)\)\s*var<storage,\s*read>/g, (m, i: string) => {
+    const b = d.bindings[Number(i)];
+    return b && !('input' in b) ? m.replace(/read>$/, 'read_write>') : m;
+  });
+}
+
 export interface HostTensorData {
   data: Float32Array | Int32Array;
   shape: number[];
@@ -125,13 +137,18 @@ export async function runLowered(device: GPUDevice, lowered: Lowered, inputs: Ho
     device.pushErrorScope('validation');
     const enc = device.createCommandEncoder();
     for (const d of lowered.dispatches) {
-      const module = device.createShaderModule({ code: d.code });
-      const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+      const module = device.createShaderModule({ code: conformedCode(d) });
+      // Explicit layouts by the binding convention, as the executor makes them: a kernel that declares a binding
+      // otherwise fails here, not only in a planned graph.
+      const layout = device.createBindGroupLayout({
+        entries: d.bindings.map((b, i) => ({ binding: i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'input' in b ? ('read-only-storage' as const) : ('storage' as const) } })),
+      });
+      const pipeline = device.createComputePipeline({ layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }), compute: { module, entryPoint: 'main' } });
       const entries = d.bindings.map((b, i) => ({
         binding: i,
         resource: { buffer: 'input' in b ? inBufs[b.input] : 'output' in b ? outBuf : scratch[b.scratch] },
       }));
-      const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+      const bindGroup = device.createBindGroup({ layout, entries });
       const pass = enc.beginComputePass();
       pass.setPipeline(pipeline);
       pass.setBindGroup(0, bindGroup);

@@ -15,7 +15,7 @@
 // Reshape-like lowerings (`alias`) make no dispatch: the output is the same bytes as the input, so the input's
 // lifetime is extended over the output's readers. Nodes no output depends on are dropped.
 import { describeNode, sizeOf, type DType, type Graph, type Node } from '../graph/ir.ts';
-import { byteSize, type KernelLimits, type KernelNode, type Lowered, type Lowerings } from './kernel.ts';
+import { byteSize, conformedCode, type KernelLimits, type KernelNode, type Lowered, type Lowerings } from './kernel.ts';
 
 /** A byte range of one of the plan's buffers: what a binding, an upload or a readback refers to. */
 export interface Slot {
@@ -286,7 +286,7 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
         'input' in b ? slotOf(s.node.inputs[b.input]) : 'output' in b ? slotOf(s.node.id) : blockSlot(s.scratchBlocks[b.scratch]),
       );
       const writable = d.bindings.map((b) => !('input' in b));
-      dispatches.push({ code: d.code, slots, writable, workgroups: d.workgroups, node: s.node.id, label: d.label ?? `${s.node.op} %${s.node.id}` });
+      dispatches.push({ code: conformedCode(d), slots, writable, workgroups: d.workgroups, node: s.node.id, label: d.label ?? `${s.node.op} %${s.node.id}` });
     }
   }
 
