@@ -64,8 +64,9 @@ export type FusedArg = { input: number } | { step: number };
 
 /**
  * One node of a fused group, as it was in the graph: its kind, attrs, operands and its own shape. A group has at most
- * one lead (a matmul, conv2d or conv2dGradInput), whose operands are inputs of the fused node (the rest of the group
- * is its epilogue).
+ * one lead (a matmul, conv2d, conv2dGradInput or NormKind), whose operands are inputs of the fused node (the rest of the group
+ * is its epilogue) or, for a matmul, transposes of inputs. A transpose is either such an operand (a view: the matmul
+ * reads the input at permuted indices) or the group's last step (the group's value stored at permuted indices).
  */
 export type FusedStep =
   | { op: 'unary'; attrs: Attrs['unary']; args: [FusedArg]; shape: number[] }
@@ -73,7 +74,12 @@ export type FusedStep =
   | { op: 'reshape'; args: [FusedArg]; shape: number[] }
   | { op: 'matmul'; attrs: Attrs['matmul']; args: [FusedArg, FusedArg]; shape: number[] }
   | { op: 'conv2d'; attrs: Attrs['conv2d']; args: FusedArg[]; shape: number[] } // x, w and the bias if any
-  | { op: 'conv2dGradInput'; attrs: Attrs['conv2dGradInput']; args: [FusedArg, FusedArg]; shape: number[] };
+  | { op: 'conv2dGradInput'; attrs: Attrs['conv2dGradInput']; args: [FusedArg, FusedArg]; shape: number[] }
+  | { op: 'transpose'; attrs: Attrs['transpose']; args: [FusedArg]; shape: number[] }
+  | { [K in NormKind]: { op: K; attrs: Attrs[K]; args: [FusedArg, FusedArg, FusedArg]; shape: number[] } }[NormKind];
+
+/** The normalizations (and their gradients), which may also lead a fused group: inputs x, gamma, then beta or dy. */
+export type NormKind = 'groupNorm' | 'layerNorm' | 'groupNormGrad' | 'layerNormGrad';
 
 export interface Attrs {
   input: { name: string };
@@ -128,7 +134,8 @@ export interface Attrs {
   oneHot: { depth: number };
   /**
    * A group of elementwise nodes (unary, binary with broadcasting, reshapes between them; optionally after the matmul,
-   * conv2d or conv2dGradInput that makes one of their operands) run as one kernel. Made
+   * conv2d, conv2dGradInput or normalization that makes one of their operands; optionally transposed at the end) run as
+   * one kernel. Made
    * by graph/fuse.ts for the planner only (tracing never makes one): `steps` are the group's nodes in their order,
    * with the same semantics as the nodes themselves; the node's value is the last step's (shape node.shape).
    */
