@@ -66,6 +66,8 @@ function randomGraph(seed: number, size: number): { g: Graph; inputs: Record<str
     else if (c < 0.26 && sizeOf(x.shape) === 24) vals.push(b.matmul(b.reshape(x, [6, 4]), b.constant(data([4, 4]), [4, 4]), false, r() < 0.5));
     else if (c < 0.3 && x.shape.length === 3) vals.push(b.sum(x, [1], true));
     else if (c < 0.33 && x.shape.length === 3) vals.push(b.reshape(b.transpose(x, [0, 2, 1]), x.shape));
+    // a transposed operand and a transposed product: views in the matmul's loads, a transposed store
+    else if (c < 0.36 && sizeOf(x.shape) === 24) vals.push(b.transpose(b.matmul(b.transpose(b.reshape(x, [2, 3, 4]), [0, 2, 1]), b.constant(data([3, 3]), [3, 3])), [0, 2, 1]));
     else if (c < 0.62) {
       const fn = pick(UNARY);
       if (fn === 'scale') vals.push(b.scale(x, 0.75));
@@ -308,6 +310,89 @@ describe('elementwise fusion on the software adapter', () => {
     }
   });
 
+  test('norm epilogues: groupNorm / layerNorm and their gradients, one-pass and chunked', async (t) => {
+    if (unavailable) return t.skip(unavailable);
+    const r = rng(13);
+    const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => r() - 0.5);
+    // The norm of x (gradient: with dy = `extra`'s partner input), then `then`; `form` must be among the labels.
+    const cases: Array<{ name: string; x: number[]; kind: 'groupNorm' | 'layerNorm'; grad: boolean; extra: number[]; form: RegExp; then: (b: GraphBuilder, y: Sym, extra: Sym) => Sym }> = [
+      { name: 'groupNorm one pass, swish', x: [2, 5, 7, 12], kind: 'groupNorm', grad: false, extra: [12], form: /groupNorm\+fused.*fused$/, then: (b, y, s) => b.swish(b.mul(y, s)) },
+      { name: 'layerNorm chunked, scale, residual', x: [2, 4100], kind: 'layerNorm', grad: false, extra: [2, 4100], form: /layerNorm\+fused.*apply/, then: (b, y, res) => b.add(res, b.scale(y, 0.5)) },
+      { name: 'layerNormGrad one pass, gradient sum', x: [3, 7, 33], kind: 'layerNorm', grad: true, extra: [3, 7, 33], form: /layerNormGrad\+fused.*fused$/, then: (b, dx, acc) => b.reshape(b.add(acc, dx), [21, 33]) },
+      { name: 'groupNormGrad chunked, gradient sum', x: [1, 24, 24, 16], kind: 'groupNorm', grad: true, extra: [1, 24, 24, 16], form: /groupNormGrad\+fused.*apply/, then: (b, dx, acc) => b.add(dx, acc) },
+    ];
+    for (const c of cases) {
+      const C = c.x[c.x.length - 1];
+      const b = new GraphBuilder();
+      const x = b.input('x', c.x);
+      const extra = b.input('extra', c.extra);
+      const gamma = b.constant(Float32Array.from(data([C]), (v) => v + 1), [C]);
+      const beta = b.constant(data([C]), [C]);
+      const inputs: Record<string, { data: Float32Array; shape: number[] }> = { x: { data: data(c.x), shape: c.x }, extra: { data: data(c.extra), shape: c.extra } };
+      let y: Sym;
+      if (c.grad) {
+        const dy = b.input('dy', c.x);
+        inputs.dy = { data: data(c.x), shape: c.x };
+        y = c.kind === 'groupNorm' ? b.groupNormGrad(x, gamma, dy, 2, 1e-6) : b.layerNormGrad(x, gamma, dy, 1e-5);
+      } else {
+        y = c.kind === 'groupNorm' ? b.groupNorm(x, 3, gamma, beta, 1e-6) : b.layerNorm(x, gamma, beta, 1e-5);
+      }
+      b.output('out', c.then(b, y, extra));
+      const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS, epilogues: true });
+      const fusedLabels = planGraph(f, lowerings, DEFAULT_LIMITS, opts()).dispatches.map((d) => d.label);
+      assert.ok(fusedLabels.some((l) => c.form.test(l)), `${c.name}: ${fusedLabels.join('; ')}`);
+      const normAlone = planGraph(b.graph, lowerings, DEFAULT_LIMITS, opts()).dispatches.filter((d) => d.node === y.id).length;
+      assert.equal(fusedLabels.length, normAlone, `${c.name}: ${fusedLabels.join('; ')}`);
+      const plain = await runPlan(b.graph, inputs);
+      const fused = await runPlan(f, inputs);
+      const d = maxAbsDiff(fused.values.out, plain.values.out);
+      const feed = () => Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, tf.tensor(v.data, v.shape)]));
+      const dRef = maxAbsDiff(fused.values.out, tf.tidy(() => interpret(tfOps, b.graph, feed()).out.dataSync()));
+      t.diagnostic(`${c.name}: ${plain.dispatches} -> ${fused.dispatches} dispatches, max abs diff ${d} (vs tfjs cpu ${dRef.toExponential(1)})`);
+      assert.ok(d <= 1e-6, `${c.name}: ${d}`);
+      assert.ok(dRef <= 1e-5, `${c.name}: vs tfjs ${dRef}`);
+    }
+  });
+
+  test('transposes: attention head layouts as views in the matmuls\' loads and transposed stores; no transpose pass', async (t) => {
+    if (unavailable) return t.skip(unavailable);
+    const r = rng(5);
+    const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => r() - 0.5);
+    // Multi-head attention as the models trace it: q, k, v linears split into heads ([B,T,H,D] -> [B,H,T,D]), scores
+    // read k transposed, the heads' output back to [B,T,H,D]; v is also read by a second product (a backward-like
+    // dv = p^T dy), so its transpose has two matmul readers, both reading through it. Then a transpose of an
+    // elementwise group alone (a 1-D kernel with a permuted store).
+    const [B, T, H, D] = [2, 5, 3, 8];
+    const b = new GraphBuilder();
+    const x = b.input('x', [B * T, H * D]);
+    const dy = b.input('dy', [B, H, T, D]);
+    const heads = (w: Sym) => b.transpose(b.reshape(b.matmul(x, w), [B, T, H, D]), [0, 2, 1, 3]);
+    const q = heads(b.constant(data([H * D, H * D]), [H * D, H * D]));
+    const k = heads(b.constant(data([H * D, H * D]), [H * D, H * D]));
+    const v = heads(b.constant(data([H * D, H * D]), [H * D, H * D]));
+    const p = b.softmax(b.scale(b.matmul(q, k, false, true), 0.25));
+    const o = b.reshape(b.transpose(b.matmul(p, v), [0, 2, 1, 3]), [B * T, H * D]);
+    b.output('out', b.matmul(o, b.constant(data([H * D, 6]), [H * D, 6])));
+    b.output('dv', b.matmul(b.transpose(b.matmul(dy, v, false, true), [0, 1, 3, 2]), p, false, false));
+    b.output('t', b.transpose(b.sigmoid(b.add(dy, b.constant(data([D]), [D]))), [3, 1, 0, 2]));
+    const inputs = { x: { data: data([B * T, H * D]), shape: [B * T, H * D] }, dy: { data: data([B, H, T, D]), shape: [B, H, T, D] } };
+    const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS, epilogues: true });
+    const labels = planGraph(f, lowerings, DEFAULT_LIMITS, opts()).dispatches.map((d) => d.label);
+    assert.ok(!labels.some((l) => l.startsWith('transpose')), labels.join('; '));
+    assert.ok(labels.filter((l) => l.includes('(transposed)')).length >= 4, labels.join('; '));
+    const plain = await runPlan(b.graph, inputs);
+    const fused = await runPlan(f, inputs);
+    const ref = tf.tidy(() => Object.fromEntries(Object.entries(interpret(tfOps, b.graph, { x: tf.tensor(inputs.x.data, inputs.x.shape), dy: tf.tensor(inputs.dy.data, inputs.dy.shape) })).map(([n, val]) => [n, val.dataSync()])));
+    for (const name of Object.keys(plain.values)) {
+      const d = maxAbsDiff(fused.values[name], plain.values[name]);
+      const dRef = maxAbsDiff(fused.values[name], ref[name]);
+      t.diagnostic(`${name}: max abs diff ${d} (vs tfjs cpu ${dRef.toExponential(1)})`);
+      assert.ok(d <= 1e-6, `${name}: ${d}`);
+      assert.ok(dRef <= 1e-5, `${name}: vs tfjs ${dRef}`);
+    }
+    t.diagnostic(`dispatches ${plain.dispatches} -> ${fused.dispatches}`);
+  });
+
   test('random DAGs with broadcasting and reshapes: fused and unfused plans agree, with fewer dispatches', async (t) => {
     if (unavailable) return t.skip(unavailable);
     let worst = 0;
@@ -315,11 +400,13 @@ describe('elementwise fusion on the software adapter', () => {
     let after = 0;
     let withReshape = 0;
     let withMatmul = 0;
+    let withTranspose = 0;
     for (let seed = 1; seed <= 12; seed++) {
       const { g, inputs } = randomGraph(100 + seed, 40);
       const f = fuseElementwise(g, { maxInputs: MAX_INPUTS, epilogues: true });
       withMatmul += fusedNodes(f).filter((n) => n.attrs.steps.some((st) => st.op === 'matmul')).length;
       withReshape += fusedNodes(f).filter((n) => n.attrs.steps.some((st) => st.op === 'reshape')).length;
+      withTranspose += fusedNodes(f).filter((n) => n.attrs.steps.some((st) => st.op === 'transpose')).length;
       const plain = await runPlan(g, inputs);
       const fused = await runPlan(f, inputs);
       for (const k of Object.keys(plain.values)) {
@@ -333,8 +420,8 @@ describe('elementwise fusion on the software adapter', () => {
       before += plain.dispatches;
       after += fused.dispatches;
     }
-    t.diagnostic(`dispatches ${before} -> ${after}; fused nodes with reshapes ${withReshape}, with a matmul ${withMatmul}, kernels with strided reads ${stridedKernels}; worst relative diff ${worst}`);
-    assert.ok(withReshape > 0 && withMatmul > 0 && stridedKernels > 0, 'reshapes, matmuls and strided broadcasting inside groups');
+    t.diagnostic(`dispatches ${before} -> ${after}; fused nodes with reshapes ${withReshape}, with a matmul ${withMatmul}, with a transpose ${withTranspose}, kernels with strided reads ${stridedKernels}; worst relative diff ${worst}`);
+    assert.ok(withReshape > 0 && withMatmul > 0 && withTranspose > 0 && stridedKernels > 0, 'reshapes, matmuls, transposes and strided broadcasting inside groups');
     assert.ok(after < before * 0.7, `dispatches ${before} -> ${after}`);
   });
 });

@@ -23,24 +23,37 @@
 // operand is read at its broadcast index into its reader's frame, whatever the shapes in between. Hence two rules:
 // a reshape joins only at the group's full size, and a member's readers must agree on its frame (fusedFrames).
 //
-// Epilogues (option): the group may also take the GEMM-shaped node (matmul, conv2d, conv2dGradInput) that makes one
-// of its operands, when the group reads it whole (same size as the sink) and nothing else does. The GEMM's store then
-// computes the group at the element it stores (kernels/fused.ts); the lead's operands become inputs of the fused node
-// (they are not fused further). Bias adds after linear layers, the attention scores' scale, residual adds after convs,
-// the activation gradients that read a conv's input gradient are such groups.
+// Epilogues (option): the group may also take the GEMM-shaped node (matmul, conv2d, conv2dGradInput) or the
+// normalization (groupNorm, layerNorm and their gradients) that makes one of its operands, when the group reads it
+// whole (same size as the sink) and nothing else does. The lead's store then computes the group at the element it
+// stores (kernels/fused.ts); the lead's operands become inputs of the fused node (they are not fused further).
+// Bias adds after linear layers, the attention scores' scale, residual adds after convs, the activation gradients
+// that read a conv's input gradient, the residual stream's gradient sums after a norm's gradient are such groups.
+// A norm's chunked form binds a scratch buffer besides the group's, so a group led by one has one input fewer.
+//
+// Transposes (with epilogues): a transpose that only matmuls read is folded into each of them as a view (their GEMM
+// loads read its input at permuted indices; the transpose itself is then dead), so a matmul reading one heads a group
+// even with no epilogue; and a transpose may end a group (the sink), which then runs over the transpose's input and
+// stores each element at its permuted place. Attention's head layouts ([B,T,H,D] <-> [B,H,T,D], forward and
+// backward) are all such transposes.
 import { sizeOf, type FusedArg, type FusedStep, type Graph, type Node } from './ir.ts';
 
 export interface FuseOptions {
   /** Most distinct inputs of one fused node (the kernel's storage buffers, less the output). */
   maxInputs: number;
-  /** Also fuse a group into the store of the matmul/conv making one of its operands (one GEMM dispatch for both). */
+  /**
+   * Also fuse a group into the store of the matmul/conv/norm making one of its operands (one dispatch for both), and
+   * transposes into matmul loads or a group's store.
+   */
   epilogues?: boolean;
 }
 
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
 
 /** Kinds that may lead a group as its epilogue's producer (see the header). */
-const LEADS = new Set<string>(['matmul', 'conv2d', 'conv2dGradInput']);
+const LEADS = new Set<string>(['matmul', 'conv2d', 'conv2dGradInput', 'groupNorm', 'layerNorm', 'groupNormGrad', 'layerNormGrad']);
+/** Lead kinds whose kernels also bind a scratch buffer next to the group's: one input fewer for the group. */
+const SCRATCH_LEADS = new Set<string>(['groupNorm', 'layerNorm', 'groupNormGrad', 'layerNormGrad']);
 
 /** unary/binary nodes that compute something (a copy alone is a buffer alias, no kernel). */
 const computes = (n: Node): boolean => n.dtype === 'f32' && (n.op === 'binary' || (n.op === 'unary' && (n.attrs as { fn: string }).fn !== 'copy'));
@@ -62,7 +75,7 @@ export function fusedFrames(steps: readonly FusedStep[], out: readonly number[])
     if (s.op === 'reshape' && sizeOf(s.shape) !== size) throw new Error(`fused step ${j}: a reshape to [${s.shape}] in a group of ${size} elements`);
     for (const a of s.args) {
       if (!('step' in a)) continue;
-      const want = s.op === 'reshape' ? steps[a.step].shape : frame;
+      const want = s.op === 'reshape' || s.op === 'transpose' ? steps[a.step].shape : frame;
       const had = frames[a.step];
       if (had && !sameShape(had, want)) throw new Error(`fused step ${a.step} is read in frames [${had}] and [${want}]`);
       frames[a.step] = want.slice();
@@ -82,18 +95,36 @@ export function fuseElementwise(g: Graph, opts: FuseOptions): Graph {
   const isOutput = new Uint8Array(nodes.length);
   for (const id of Object.values(g.outputs)) isOutput[id] = 1;
   const taken = new Uint8Array(nodes.length); // member of a group already
+  const viewed = new Uint8Array(nodes.length); // a transpose every reader of which reads through it (dead now)
   const out = nodes.slice();
+  // A transpose that only matmuls read: each of them reads its input at permuted indices instead (see the header).
+  const isView = (id: number) =>
+    nodes[id].op === 'transpose' && nodes[id].dtype === 'f32' && !isOutput[id] && readers[id].every((r) => nodes[r].op === 'matmul');
 
   for (let sinkId = nodes.length - 1; sinkId >= 0; sinkId--) {
     const sink = nodes[sinkId];
-    if (taken[sinkId] || !computes(sink)) continue;
+    // With epilogues, a matmul heads a group of its own when it reads views, and a transpose may end a group.
+    const leadSink = opts.epilogues && sink.op === 'matmul';
+    const transposeSink = opts.epilogues && sink.op === 'transpose' && sink.dtype === 'f32' && !viewed[sinkId];
+    if (taken[sinkId] || !(computes(sink) || leadSink || transposeSink)) continue;
     const size = sizeOf(sink.shape);
     const members = new Set<number>([sinkId]);
     const frame = new Map<number, number[]>([[sinkId, sink.shape]]);
     const external = new Set<number>(sink.inputs);
+    const views: number[] = [];
+    const foldViews = (mm: Node) => {
+      for (const t of mm.inputs) {
+        if (!isView(t) || views.includes(t)) continue;
+        views.push(t);
+        external.delete(t);
+        external.add(nodes[t].inputs[0]);
+      }
+    };
     // Candidates in decreasing id order: when one is decided, every reader it could have in the group is decided.
-    const candidates = new Set<number>(sink.inputs);
-    let hasProducer = false;
+    const candidates = new Set<number>(leadSink ? [] : sink.inputs);
+    let hasProducer = leadSink;
+    let maxInputs = opts.maxInputs;
+    if (leadSink) foldViews(sink);
     while (candidates.size > 0) {
       const p = Math.max(...candidates);
       candidates.delete(p);
@@ -102,23 +133,29 @@ export function fuseElementwise(g: Graph, opts: FuseOptions): Graph {
       const producer = opts.epilogues && LEADS.has(n.op) && !hasProducer && sizeOf(n.shape) === size;
       const fusible = n.dtype === 'f32' && (producer || n.op === 'unary' || n.op === 'binary' || (n.op === 'reshape' && sizeOf(n.shape) === size));
       if (!fusible || taken[p] || isOutput[p] || !readers[p].every((r) => members.has(r))) continue;
-      const frames = readers[p].map((r) => (nodes[r].op === 'reshape' ? n.shape : frame.get(r)!));
+      // Below a reshape or the final transpose a step is read in its own shape's frame.
+      const frames = readers[p].map((r) => (nodes[r].op === 'reshape' || nodes[r].op === 'transpose' ? n.shape : frame.get(r)!));
       if (!frames.every((f) => sameShape(f, frames[0]))) continue;
       const grown = new Set(external);
       grown.delete(p);
       for (const i of n.inputs) if (!members.has(i)) grown.add(i);
-      if (grown.size > opts.maxInputs) continue;
+      if (grown.size > maxInputs - (producer && SCRATCH_LEADS.has(n.op) ? 1 : 0)) continue;
       members.add(p);
       frame.set(p, frames[0]);
       external.clear();
       for (const i of grown) external.add(i);
-      if (producer) hasProducer = true;
-      else for (const i of n.inputs) candidates.add(i);
+      if (producer) {
+        hasProducer = true;
+        if (SCRATCH_LEADS.has(n.op)) maxInputs--;
+        if (n.op === 'matmul') foldViews(n);
+      } else for (const i of n.inputs) candidates.add(i);
     }
     const order = [...members].sort((a, b) => a - b);
-    if (order.filter((id) => computes(nodes[id]) || LEADS.has(nodes[id].op)).length < 2) continue;
+    const work = order.filter((id) => computes(nodes[id]) || LEADS.has(nodes[id].op) || nodes[id].op === 'transpose').length + views.length;
+    if (work < 2) continue;
     for (const id of order) taken[id] = 1;
-    out[sinkId] = fusedNode(nodes, order);
+    for (const id of views) viewed[id] = 1;
+    out[sinkId] = fusedNode(nodes, [...order, ...views].sort((a, b) => a - b));
   }
   return { nodes: out, outputs: g.outputs };
 }
@@ -142,6 +179,10 @@ function fusedNode(nodes: readonly Node[], order: number[]): Node<'fused'> {
     if (n.op === 'matmul') return { op: 'matmul', attrs: n.attrs as Node<'matmul'>['attrs'], args: [arg(n.inputs[0]), arg(n.inputs[1])], shape };
     if (n.op === 'conv2d') return { op: 'conv2d', attrs: n.attrs as Node<'conv2d'>['attrs'], args: n.inputs.map(arg), shape };
     if (n.op === 'conv2dGradInput') return { op: 'conv2dGradInput', attrs: n.attrs as Node<'conv2dGradInput'>['attrs'], args: [arg(n.inputs[0]), arg(n.inputs[1])], shape };
+    if (n.op === 'groupNorm' || n.op === 'layerNorm' || n.op === 'groupNormGrad' || n.op === 'layerNormGrad') {
+      return { op: n.op, attrs: n.attrs, args: [arg(n.inputs[0]), arg(n.inputs[1]), arg(n.inputs[2])], shape } as FusedStep;
+    }
+    if (n.op === 'transpose') return { op: 'transpose', attrs: n.attrs as Node<'transpose'>['attrs'], args: [arg(n.inputs[0])], shape };
     return { op: 'reshape', args: [arg(n.inputs[0])], shape };
   });
   const sink = nodes[order[order.length - 1]];

@@ -1,20 +1,27 @@
 // The `fused` kind (graph/fuse.ts): a group of elementwise steps as one kernel. Per output element i, each distinct
 // (input, frame) pair is read once at its broadcast index into the frame (see fuse.ts's header), each step is one
 // `let` of the expressions the single-node kernels use (unaryExpr / binaryExpr), reshapes are free.
-// Without a lead step it is a 1-D launch over the output. With one (a matmul, conv2d or conv2dGradInput), it is that
-// node's GEMM (kernels/matmul.ts, kernels/conv.ts) whose store computes the group at the element it stores: the lead
-// step's value is the stored `v`. conv2dGradInput's pixels that no tap reaches are stored by its fill with v = 0.
-import type { Attrs, FusedArg, FusedStep } from '../../graph/ir.ts';
+// Without a lead step it is a 1-D launch over the output. With one (a matmul, conv2d or conv2dGradInput; a norm), it
+// is that node's GEMM (kernels/matmul.ts, kernels/conv.ts) or its normalizing pass (kernels/norm.ts) whose store
+// computes the group at the element it stores: the lead step's value is the stored `v`. conv2dGradInput's pixels that no tap reaches are stored by its fill with v = 0.
+// Transposes cost no pass either: a matmul operand that is a transpose of an input (a view) is read at permuted
+// indices by the GEMM's loads, and a group ending in a transpose runs over the transpose's input and stores each
+// element at its permuted place.
+import type { Attrs, FusedStep, NormKind } from '../../graph/ir.ts';
 import { fusedFrames } from '../../graph/fuse.ts';
 import type { KernelLimits, KernelNode, Lowered, Lowerings, TensorInfo } from '../kernel.ts';
 import { broadcastIndex, broadcastStrides, binaryExpr, ELEMENTWISE_HELPERS, unaryExpr } from './elementwise.ts';
-import { buffer, kernel1d, prod, stridedOffsets } from './common.ts';
+import { buffer, kernel1d, prod, stridedOffsets, strides } from './common.ts';
+import { mergeDims } from './layout.ts';
 import { conv2dDispatch, conv2dGradInputDispatches } from './conv.ts';
 import { matmulDispatch } from './matmul.ts';
+import { normLowered } from './norm.ts';
 
-/** Steps whose value comes from a GEMM's store (at most one per group, its operands inputs of the group). */
-const isLead = (s: FusedStep): s is Extract<FusedStep, { op: 'matmul' | 'conv2d' | 'conv2dGradInput' }> =>
-  s.op === 'matmul' || s.op === 'conv2d' || s.op === 'conv2dGradInput';
+const NORMS = new Set<string>(['groupNorm', 'layerNorm', 'groupNormGrad', 'layerNormGrad']);
+
+/** Steps whose value comes from a GEMM's or a norm's store (at most one per group, its operands inputs of the group). */
+const isLead = (s: FusedStep): s is Extract<FusedStep, { op: 'matmul' | 'conv2d' | 'conv2dGradInput' | NormKind }> =>
+  s.op === 'matmul' || s.op === 'conv2d' || s.op === 'conv2dGradInput' || NORMS.has(s.op);
 
 /** WGSL statements computing the group at flat index `i` into `s<last>` (the lead step, if any, is `v`). */
 function groupStatements(steps: FusedStep[], inputs: TensorInfo[], out: number[]): string {
@@ -45,6 +52,7 @@ function groupStatements(steps: FusedStep[], inputs: TensorInfo[], out: number[]
       lines.push(`  let s${j} = v;`);
       return;
     }
+    if (s.op === 'transpose' && j < steps.length - 1) return; // a view: read by the matmul's loads
     const arg = (n: number) => {
       const a = s.args[n];
       // A reshape's operand is read in its own shape's frame (the same flat element).
@@ -59,6 +67,43 @@ function groupStatements(steps: FusedStep[], inputs: TensorInfo[], out: number[]
   return [...prologue, ...lines].join('\n');
 }
 
+/**
+ * WGSL statements defining `name`, the offset in the row-major `shape` array viewed through `perm` (view axis k is
+ * axis perm[k]) of the view's element at flat index `idx`; `undefined` when that is `idx` itself.
+ */
+function permutedOffset(idx: string, shape: number[], perm: number[], name: string, tag: string): string | undefined {
+  const st = strides(shape);
+  const m = mergeDims(perm.map((p) => shape[p]), perm.map((p) => st[p]));
+  if (m.shape.length <= 1 && (m.stride[0] ?? 1) === 1) return undefined;
+  return stridedOffsets(idx, m.shape, [{ name, strides: m.stride }], tag);
+}
+
+/** A WGSL function `fn name(t: u32) -> u32` from a view's (transpose step's) element index to its input's. */
+function viewIndexFn(name: string, view: Extract<FusedStep, { op: 'transpose' }>, inputs: TensorInfo[]): string {
+  const a = view.args[0];
+  if (!('input' in a)) throw new Error('fused: a transposed matmul operand must be an input of the group');
+  const body = permutedOffset('t', inputs[a.input].shape, view.attrs.perm, 'o', 'v');
+  return `fn ${name}(t: u32) -> u32 {\n${body ?? '  let o = t;'}\n  return o;\n}`;
+}
+
+/** WGSL for the final write of `s<last>`: to fOut[i], or at the permuted place when the last step is a transpose. */
+function finalStore(steps: FusedStep[]): string {
+  const j = steps.length - 1;
+  const last = steps[j];
+  if (last.op !== 'transpose') return `  fOut[i] = s${j};`;
+  const a = last.args[0];
+  if (!('step' in a)) throw new Error('fused: a final transpose of an input');
+  // The group runs over the transpose's input (flat index i); its element at coordinates c goes to output
+  // coordinates d with d[k] = c[perm[k]], i.e. input axis perm[k] has the output's stride k.
+  const inShape = steps[a.step].shape;
+  const outStrides = strides(last.shape);
+  const st = new Array<number>(inShape.length);
+  last.attrs.perm.forEach((p, k) => (st[p] = outStrides[k]));
+  const m = mergeDims(inShape, st);
+  if (m.shape.length <= 1 && (m.stride[0] ?? 1) === 1) return `  fOut[i] = s${j};`;
+  return `${stridedOffsets('i', m.shape, [{ name: 'oOut', strides: m.stride }], 't')}\n  fOut[oOut] = s${j};`;
+}
+
 function lowerFused(node: KernelNode<'fused'>, limits: KernelLimits): Lowered {
   const { steps } = node.attrs as Attrs['fused'];
   if (node.output.dtype !== 'f32' || node.inputs.some((t) => t.dtype !== 'f32')) throw new Error('fused: f32 tensors only');
@@ -68,31 +113,43 @@ function lowerFused(node: KernelNode<'fused'>, limits: KernelLimits): Lowered {
   const fns = steps.flatMap((s) => (s.op === 'unary' || s.op === 'binary' ? [s.attrs.fn] : []));
   const decls = [...node.inputs.map((_, k) => buffer(k, `fIn${k}`, 'f32')), buffer(node.inputs.length, 'fOut', 'f32', true), ELEMENTWISE_HELPERS].join('\n');
   const bindings = [...node.inputs.map((_, i) => ({ input: i })), { output: true as const }];
-  const store = `${groupStatements(steps, node.inputs, out)}\n  fOut[i] = s${steps.length - 1};`;
+  const store = `${groupStatements(steps, node.inputs, out)}\n${finalStore(steps)}`;
 
   const leads = steps.filter(isLead);
   if (leads.length > 1) throw new Error('fused: more than one lead step');
+  steps.forEach((t, j) => {
+    if (t.op !== 'transpose' || j === steps.length - 1) return;
+    const readers = steps.filter((r) => r.args.some((a) => 'step' in a && a.step === j));
+    if (readers.some((r) => r.op !== 'matmul')) throw new Error(`fused: transpose step ${j} is neither last nor a matmul operand`);
+  });
   if (leads.length === 0) {
     const k = kernel1d(decls, prod(out), store, limits);
-    return { dispatches: [{ ...k, bindings, label: `fused ${fns.join(',')} -> [${out}]` }] };
+    const tr = last.op === 'transpose' ? ' (transposed)' : '';
+    return { dispatches: [{ ...k, bindings, label: `fused${tr} ${fns.join(',')} -> [${out}]` }] };
   }
   const s = leads[0];
   if (prod(s.shape) !== prod(out)) throw new Error(`fused: ${s.op} [${s.shape}] in a group of [${out}]`);
-  const operand = (x: FusedArg) => {
+  // The lead's operands: inputs, or (matmul only) views of inputs.
+  const operands = s.args.map((x) => {
+    const view = 'step' in x ? steps[x.step] : undefined;
+    if (view?.op === 'transpose' && s.op === 'matmul') return { view, k: (view.args[0] as { input: number }).input };
     if (!('input' in x)) throw new Error(`fused: a ${s.op} operand must be an input of the group`);
-    return x.input;
-  };
-  const ks = s.args.map(operand);
-  const names = ks.map((k) => `fIn${k}`);
-  const lead = { inputs: ks.map((k) => node.inputs[k]), output: { shape: s.shape, dtype: 'f32' as const } };
-  const label = `${s.op}+fused ${fns.join(',')} ${lead.inputs.map((t) => `[${t.shape}]`).join('x')} -> [${out}]`;
+    return { view: undefined, k: x.input };
+  });
+  const names = operands.map((o) => `fIn${o.k}`);
+  const lead = { inputs: operands.map((o) => (o.view ? { shape: o.view.shape, dtype: 'f32' as const } : node.inputs[o.k])), output: { shape: s.shape, dtype: 'f32' as const } };
+  const tr = steps.some((t) => t.op === 'transpose') ? ' (transposed)' : '';
+  const label = `${s.op}+fused${tr} ${fns.join(',')} ${lead.inputs.map((t) => `[${t.shape}]`).join('x')} -> [${out}]`;
   if (s.op === 'matmul') {
-    const io = { decls, a: names[0], b: names[1], store, bindings };
+    const views = operands.map((o, n) => (o.view ? viewIndexFn(`at${n}`, o.view, node.inputs) : ''));
+    const at = (n: number) => (operands[n].view ? `at${n}` : undefined);
+    const io = { decls: [decls, ...views].join('\n'), a: names[0], b: names[1], store, bindings, aAt: at(0), bAt: at(1) };
     return { dispatches: [matmulDispatch({ op: s.op, attrs: s.attrs, ...lead }, io, limits, label)] };
   }
   const io = { decls, inputs: names, store, bindings };
   if (s.op === 'conv2d') return { dispatches: [conv2dDispatch({ op: s.op, attrs: s.attrs, ...lead }, io, limits, label)] };
-  return { dispatches: conv2dGradInputDispatches({ op: s.op, attrs: s.attrs, ...lead }, io, limits, label) };
+  if (s.op === 'conv2dGradInput') return { dispatches: conv2dGradInputDispatches({ op: s.op, attrs: s.attrs, ...lead }, io, limits, label) };
+  return normLowered({ op: s.op, attrs: s.attrs, ...lead } as KernelNode<NormKind>, io, limits, label);
 }
 
 export const lowerings: Lowerings = { fused: lowerFused };

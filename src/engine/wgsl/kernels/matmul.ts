@@ -29,7 +29,8 @@ export function batchOffset(outBatch: number[], inBatch: number[], matrixSize: n
 /**
  * Where a matmul reads and writes: `decls` declares the buffers (bindings in the order of `bindings`), `a` and `b` are
  * the operands' buffer names, and `store` is WGSL statements that write `v`, the output element at the flat index
- * `i` (a fused elementwise epilogue goes there: kernels/fused.ts).
+ * `i` (a fused elementwise epilogue goes there: kernels/fused.ts). `aAt`/`bAt` name WGSL functions (in `decls`) from
+ * an operand's row-major element index to its place in the buffer, for an operand that is a transpose of the buffer.
  */
 export interface MatmulIo {
   decls: string;
@@ -37,6 +38,8 @@ export interface MatmulIo {
   b: string;
   store: string;
   bindings: Dispatch['bindings'];
+  aAt?: string;
+  bAt?: string;
 }
 
 export function matmulDispatch(node: KernelNode<'matmul'>, io: MatmulIo, limits: KernelLimits, label?: string): Dispatch {
@@ -47,13 +50,14 @@ export function matmulDispatch(node: KernelNode<'matmul'>, io: MatmulIo, limits:
   const N = out[out.length - 1];
   const K = transposeA ? a[a.length - 2] : a[a.length - 1];
   const outBatch = out.slice(0, -2);
+  const at = (f: string | undefined, index: string) => (f ? `${f}(${index})` : index);
   const prelude = /* wgsl */ `
 ${io.decls}
 fn loadA(bz: u32, m: u32, k: u32) -> f32 {
-  return ${io.a}[${batchOffset(outBatch, a.slice(0, -2), M * K)} + ${transposeA ? `k * ${M}u + m` : `m * ${K}u + k`}];
+  return ${io.a}[${at(io.aAt, `${batchOffset(outBatch, a.slice(0, -2), M * K)} + ${transposeA ? `k * ${M}u + m` : `m * ${K}u + k`}`)}];
 }
 fn loadB(bz: u32, k: u32, n: u32) -> f32 {
-  return ${io.b}[${batchOffset(outBatch, b.slice(0, -2), K * N)} + ${transposeB ? `n * ${K}u + k` : `k * ${N}u + n`}];
+  return ${io.b}[${at(io.bAt, `${batchOffset(outBatch, b.slice(0, -2), K * N)} + ${transposeB ? `n * ${K}u + k` : `k * ${N}u + n`}`)}];
 }
 fn store(bz: u32, m: u32, n: u32, v: f32) {
   let i = (bz * ${M}u + m) * ${N}u + n;

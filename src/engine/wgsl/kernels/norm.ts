@@ -12,7 +12,7 @@
 // workgroup each, whose partial statistics (centred on the chunk's mean) are merged per group by a small dispatch;
 // an elementwise dispatch then normalizes, so the whole GPU works on every pass.
 import { f32Literal, grid1d, type Dispatch, type KernelLimits, type KernelNode, type Lowered, type Lowerings } from '../kernel.ts';
-import { sizeOf } from '../../graph/ir.ts';
+import { sizeOf, type NormKind } from '../../graph/ir.ts';
 
 /**
  * Groups up to this many elements are normalized by the workgroup that computed their statistics; larger ones are
@@ -32,23 +32,62 @@ interface NormDims {
   eps: number;
   grad: boolean;
   label: string;
+  /** A fused elementwise group in the output's store (kernels/fused.ts), if any. */
+  io?: NormIo;
+}
+
+/**
+ * Where a norm kernel reads and writes when a fused group is its epilogue: `decls` declares all the group's buffers
+ * (bindings in the order of `bindings`), `inputs` names the node's operands among them (x, gamma, then beta or dy),
+ * and `store` is WGSL statements that write `v`, the output element at the flat index `i`. The scratch buffers are
+ * bound after those.
+ */
+export interface NormIo {
+  decls: string;
+  inputs: string[];
+  store: string;
+  bindings: Dispatch['bindings'];
+}
+
+/** Buffer names and the output's store of one dispatch. */
+interface NormBuffers {
+  code: string;
+  bindings: Dispatch['bindings'];
+  x: string;
+  gamma: string;
+  /** beta (forward) or dy (gradient). */
+  third: string;
+  store: string;
 }
 
 /**
  * Bindings: x, then gamma and beta (forward) or dy (gradient) unless `xOnly` (the forward statistics need nothing
- * else, and an unused binding would be missing from the pipeline's layout), then the read_write ones, in order.
+ * else, and an unused binding would be missing from the pipeline's layout), then the read_write ones (`rest`), in
+ * order. With an epilogue, the group's buffers (d.io), then the scratch ones among `rest`.
  */
-function bindingsWgsl(d: NormDims, xOnly: boolean, rest: string[]): { code: string; bindings: Dispatch['bindings'] } {
+function bindingsWgsl(d: NormDims, xOnly: boolean, rest: string[]): NormBuffers {
+  const scratch = (n: string) => (n === 'nPart' ? { scratch: 0 } : n === 'nStats' ? { scratch: 1 } : { output: true as const });
+  const writable = (n: string, i: number) => `@group(0) @binding(${i}) var<storage, read_write> ${n}: array<f32>;`;
+  if (d.io) {
+    const own = rest.filter((n) => n !== 'nOut');
+    const [x, gamma, third] = d.io.inputs;
+    return {
+      code: [d.io.decls, ...own.map((n, i) => writable(n, d.io!.bindings.length + i))].join('\n'),
+      bindings: [...d.io.bindings, ...own.map(scratch)],
+      x,
+      gamma,
+      third,
+      store: d.io.store,
+    };
+  }
   const names = xOnly ? ['nX'] : ['nX', 'nGamma', d.grad ? 'nDy' : 'nBeta'];
   return {
-    code: [
-      ...names.map((n, i) => `@group(0) @binding(${i}) var<storage, read> ${n}: array<f32>;`),
-      ...rest.map((n, i) => `@group(0) @binding(${i + names.length}) var<storage, read_write> ${n}: array<f32>;`),
-    ].join('\n'),
-    bindings: [
-      ...names.map((_, i) => ({ input: i })),
-      ...rest.map((n) => (n === 'nPart' ? { scratch: 0 } : n === 'nStats' ? { scratch: 1 } : { output: true as const })),
-    ],
+    code: [...names.map((n, i) => `@group(0) @binding(${i}) var<storage, read> ${n}: array<f32>;`), ...rest.map((n, i) => writable(n, i + names.length))].join('\n'),
+    bindings: [...names.map((_, i) => ({ input: i })), ...rest.map(scratch)],
+    x: 'nX',
+    gamma: 'nGamma',
+    third: d.grad ? 'nDy' : 'nBeta',
+    store: '  nOut[i] = v;',
   };
 }
 
@@ -66,11 +105,11 @@ const EPS = ${f32Literal(d.eps)};
 `;
 }
 
-/** The output element of the workgroup's group row at its e-th element, given mean/rstd (and the gradient means). */
-const outputExpr = (grad: boolean) =>
+/** The output element at index i (channel c), given mean/rstd (and the gradient means). */
+const outputExpr = (grad: boolean, b: NormBuffers) =>
   grad
-    ? 'rstd * (nDy[i] * nGamma[c] - mg - (nX[i] - mean) * rstd * mgx)'
-    : '(nX[i] - mean) * rstd * nGamma[c] + nBeta[c]';
+    ? `rstd * (${b.third}[i] * ${b.gamma}[c] - mg - (${b.x}[i] - mean) * rstd * mgx)`
+    : `(${b.x}[i] - mean) * rstd * ${b.gamma}[c] + ${b.third}[c]`;
 
 /**
  * WGSL of reduction number r: the workgroup's sum of v (every thread gets it). Each reduction has its own workgroup
@@ -113,11 +152,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   // Element e of group (b, g) lies at pixel e / CG, channel g*CG + e % CG.
   let base = (row / G) * HW * C + (row % G) * CG;
   var s = 0.0;
-  for (var e = first + li; e < end; e += ${WG}u) { s += nX[base + (e / CG) * C + e % CG]; }
+  for (var e = first + li; e < end; e += ${WG}u) { s += ${io.x}[base + (e / CG) * C + e % CG]; }
   let mean = total0(vec2<f32>(s, 0.0), li).x * inv;
   var q = 0.0;
   for (var e = first + li; e < end; e += ${WG}u) {
-    let dev = nX[base + (e / CG) * C + e % CG] - mean;
+    let dev = ${io.x}[base + (e / CG) * C + e % CG] - mean;
     q += dev * dev;
   }
   let m2 = total1(vec2<f32>(q, 0.0), li).x;
@@ -126,8 +165,8 @@ ${
     ? /* wgsl */ `  var sg = vec2<f32>(0.0);
   for (var e = first + li; e < end; e += ${WG}u) {
     let i = base + (e / CG) * C + e % CG;
-    let g = nDy[i] * nGamma[(row % G) * CG + e % CG];
-    sg += vec2<f32>(g, g * (nX[i] - mean));
+    let g = ${io.third}[i] * ${io.gamma}[(row % G) * CG + e % CG];
+    sg += vec2<f32>(g, g * (${io.x}[i] - mean));
   }
   let sums = total2(sg, li);`
     : ''
@@ -139,7 +178,8 @@ ${d.grad ? '  let mg = sums.x * INV_N;\n  let mgx = sums.y * rstd * INV_N;' : ''
   for (var e = li; e < GROUP; e += ${WG}u) {
     let i = base + (e / CG) * C + e % CG;
     let c = (row % G) * CG + e % CG;
-    nOut[i] = ${outputExpr(d.grad)};
+    let v = ${outputExpr(d.grad, io)};
+${io.store}
   }`
     : /* wgsl */ `  if (li == 0u) {
     nPart[flat * 4u] = mean;
@@ -204,7 +244,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let mean = nStats[row * 4u];
   let rstd = nStats[row * 4u + 1u];
 ${d.grad ? '  let mg = nStats[row * 4u + 2u];\n  let mgx = nStats[row * 4u + 3u];' : ''}
-  nOut[i] = ${outputExpr(d.grad)};
+  let v = ${outputExpr(d.grad, io)};
+${io.store}
 }
 `;
   return {
@@ -236,6 +277,13 @@ const layerDims = (node: KernelNode<'layerNorm' | 'layerNormGrad'>, grad: boolea
   const C = shape[shape.length - 1];
   return { B: sizeOf(shape) / C, HW: 1, C, G: 1, eps: node.attrs.eps, grad, label: `${node.op} [${shape}]` };
 };
+
+/** The dispatches of any of the four kinds, with a fused group in the output's store (kernels/fused.ts). */
+export function normLowered(node: KernelNode<NormKind>, io: NormIo, limits: KernelLimits, label: string): Lowered {
+  const grad = node.op === 'groupNormGrad' || node.op === 'layerNormGrad';
+  const d = node.op === 'groupNorm' || node.op === 'groupNormGrad' ? groupDims(node as KernelNode<'groupNorm'>, grad) : layerDims(node as KernelNode<'layerNorm'>, grad);
+  return lowerNorm({ ...d, io, label }, limits);
+}
 
 export const lowerings: Lowerings = {
   groupNorm: (node, limits) => lowerNorm(groupDims(node, false), limits),
