@@ -25,15 +25,13 @@ const shapeText = (s: number[]) => `[${s.join(',')}]`;
 /**
  * Where a conv reads and writes: `decls` declares the buffers (bindings in the order of `bindings`), `inputs` names
  * the node's operands' buffers in its input order (conv2d: x, w, bias if any; conv2dGradInput: dy, w), and `store` is
- * WGSL statements that write `v`, the output element (bias included) at the flat NHWC index `i`. `fill` declares the
- * buffers of conv2dGradInput's zero-fill dispatch when it binds fewer (it reads no operand of the node itself).
+ * WGSL statements that write `v`, the output element (bias included) at the flat NHWC index `i`.
  */
 export interface ConvIo {
   decls: string;
   inputs: string[];
   store: string;
   bindings: Dispatch['bindings'];
-  fill?: { decls: string; bindings: Dispatch['bindings'] };
 }
 
 export function conv2dDispatch(node: KernelNode<'conv2d'>, io: ConvIo, limits: KernelLimits, label?: string): Dispatch {
@@ -96,9 +94,8 @@ function fillUncovered(node: KernelNode<'conv2dGradInput'>, io: ConvIo, label: s
   const [kh, kw] = node.inputs[1].shape;
   const [B, H, W, Cin] = node.output.shape;
   const count = B * H * W * Cin;
-  const fill = io.fill ?? io;
   const code = /* wgsl */ `
-${fill.decls}
+${io.decls}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = gid.x + gid.y * (nwg.x * 64u);
@@ -110,7 +107,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 ${io.store}
 }
 `;
-  return { code, bindings: fill.bindings, workgroups: grid1d(count, 64, limits), label: `${label} zero` };
+  return { code, bindings: io.bindings, workgroups: grid1d(count, 64, limits), label: `${label} zero` };
 }
 
 export function conv2dGradInputDispatches(node: KernelNode<'conv2dGradInput'>, io: ConvIo, limits: KernelLimits, label?: string): Dispatch[] {
@@ -221,7 +218,6 @@ function plainIo(inputs: number): ConvIo {
     inputs: names,
     store: '  cvOut[i] = v;',
     bindings: [...names.map((_, k) => ({ input: k })), { output: true }],
-    fill: { decls: '@group(0) @binding(0) var<storage, read_write> cvOut: array<f32>;', bindings: [{ output: true }] },
   };
 }
 
