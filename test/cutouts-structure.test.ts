@@ -52,6 +52,20 @@ for (const { label, cfg } of configs) {
   });
 }
 
+test('original: per step only int32 crop indices change (the crop table is the same array, uploaded once)', () => {
+  const cfg: CutoutConfig = { method: 'original', cutSize: S, cutn: N, cutPow: 1 };
+  const b = new GraphBuilder();
+  const image = b.input('image', [1, H, W, 3]);
+  const rec = b.record((o) => makeCutouts(o, image, cfg, stepRng(0)));
+  for (let k = 1; k <= 3; k++) {
+    const r = b.replay(rec, (o) => makeCutouts(o, image, cfg, stepRng(k)));
+    assert.ok(r.ok, `step ${k}: ${r.ok ? '' : r.reason}`);
+    const changed = [...r.consts.values()];
+    assert.ok(changed.length > 0 && changed.every((d) => d instanceof Int32Array), `step ${k}: ${changed.map((d) => `${d.constructor.name}(${d.length})`)}`);
+    assert.ok(changed.reduce((n, d) => n + d.length, 0) <= N * (H + W), `step ${k}: more than the crop indices`);
+  }
+});
+
 test('every augmentation: applied to every sample (p = 1) or to none (p = 0) makes the same ops', () => {
   const cases: AugmentSpec[][] = [...AUGMENT_NAMES.map((a) => augmentSpecs([a])), augmentSpecs(['Af', 'Pe', 'Ji', 'Er']), augmentSpecs(['Re', 'Gn'], 'nrupdated')];
   for (const specs of cases) {

@@ -12,6 +12,7 @@ import {
   bilinearMatrix,
   drawOrigBoxes,
   lanczosKernel,
+  makeCutouts,
   makeCutoutsOrig,
   poolToSize,
   resampleMatrix,
@@ -80,6 +81,42 @@ test('MakeCutoutsOrig gradient matches central finite differences (tiny case)', 
       if (!covered) for (let ch = 0; ch < c; ch++) assert.equal(g[(y * w + xx) * c + ch], 0, `pixel ${y},${xx} outside all boxes`);
     }
   }
+});
+
+test('crops gathered from the crop table equal crops by host-built matrices, bit for bit (and out-of-table boxes)', async () => {
+  // The reference builds each crop's [cut, H] and [cut, W] matrices on the host from resampleMatrix/bilinearMatrix
+  // (Float32) and runs the same two matmuls: the table path only selects those floats, so nothing may differ.
+  const [h, w, c, cut, cutn] = [40, 36, 3, 16, 6];
+  const img = new Rng(11).fillUniform(new Float32Array(h * w * c));
+  const x = o.constant(img, [1, h, w, c]);
+  const reference = (boxes: CutBox[], matrix: (inSize: number, outSize: number) => Float64Array) => {
+    const ry = new Float32Array(boxes.length * cut * h);
+    const rx = new Float32Array(boxes.length * cut * w);
+    boxes.forEach((b, k) => {
+      const m = Float32Array.from(matrix(b.size, cut));
+      for (let i = 0; i < cut; i++) {
+        for (let j = 0; j < b.size; j++) {
+          ry[(k * cut + i) * h + b.offsetY + j] = m[i * b.size + j];
+          rx[(k * cut + i) * w + b.offsetX + j] = m[i * b.size + j];
+        }
+      }
+    });
+    const cols = tf.reshape(tf.transpose(tf.reshape(x, [h, w, c]), [1, 0, 2]), [w, h * c]);
+    const a = tf.reshape(tf.matMul(tf.tensor(rx, [boxes.length * cut, w]), cols), [boxes.length, cut, h, c]);
+    const at = tf.reshape(tf.transpose(a, [0, 2, 1, 3]), [boxes.length, h, cut * c]);
+    return tf.reshape(tf.matMul(tf.tensor(ry, [boxes.length, cut, h]), at), [boxes.length, cut, cut, c]);
+  };
+  const drawn = drawOrigBoxes(new Rng(12).fork('boxes'), cutn, 1, h, w, cut);
+  // Sizes below the cut are outside the table (drawOrigBoxes never makes them): host-built matrices.
+  const handMade: CutBox[] = [{ size: 5, offsetX: 3, offsetY: 30 }, ...drawn.slice(1)];
+  for (const [label, boxes] of [['drawn boxes (table)', drawn], ['a box below the cut size (host matrices)', handMade]] as const) {
+    const got = await o.read(makeCutoutsOrig(o, x, cut, boxes));
+    const want = await o.read(tf.clipByValue(reference([...boxes], resampleMatrix), 0, 1));
+    assert.equal(maxAbsDiff(got, want), 0, `original, ${label}`);
+  }
+  const fast = await o.read(makeCutouts(o, x, { method: 'fast', cutSize: cut, cutn, cutPow: 1, noiseFac: 0 }, new Rng(12)));
+  assert.equal(maxAbsDiff(fast, await o.read(reference(drawn, bilinearMatrix))), 0, 'fast (bilinear), drawn boxes');
+  tf.dispose(x);
 });
 
 test('resample matrices: Lanczos kernel as generate.py, rows sum to 1, identity at equal size', () => {

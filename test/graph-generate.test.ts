@@ -120,24 +120,31 @@ describe('the generate loss, replayed', () => {
     const rec = b.record((o) => loss(o, originalCuts(s.boxes, noiseAt(0))));
     const nodes = rec.end - rec.start;
     gradient(b, rec.value, z);
-    // The per-step constants: the noise and the crop matrices ([cutn * R, W] along W, [cutn, R, H] along H), whose
-    // values are the boxes (new arrays every call, so they count as changed even when the boxes are not).
+    // The per-step constants: the noise, and the crop indices (int32 [cutn * H] and [cutn * W]) that gather the crop
+    // matrices from the constant crop table (the same array every call, so it never counts as changed). Indices of
+    // unchanged boxes may compare equal (small arrays are compared by value), the noise is new every step.
     const [n, r0, h, w] = [s.boxes.length, inputResolution(s.clip.config), 64, 64];
-    const perStepShapes = [[n, r0, r0, 3], [n * r0, w], [n, r0, h]].map((sh) => sh.join());
-    const perStep = b.graph.nodes.filter((nd) => nd.id >= rec.start && nd.id < rec.end && nd.op === 'const' && perStepShapes.includes(nd.shape.join())).map((nd) => nd.id);
-    assert.equal(perStep.length, 3);
+    const recConsts = b.graph.nodes.filter((nd) => nd.id >= rec.start && nd.id < rec.end && nd.op === 'const');
+    const noise = recConsts.filter((nd) => nd.shape.join() === [n, r0, r0, 3].join()).map((nd) => nd.id);
+    const indices = recConsts.filter((nd) => nd.dtype === 'i32' && [[n * h].join(), [n * w].join()].includes(nd.shape.join())).map((nd) => nd.id);
+    assert.equal(noise.length, 1);
+    assert.equal(indices.length, 2);
+    const onlyPerStep = (changed: number[], what: string) =>
+      assert.ok(changed.every((id) => id === noise[0] || indices.includes(id)), `${what}: changed consts ${changed} (noise ${noise}, crop indices ${indices})`);
     for (let step = 1; step <= 3; step++) {
       const r: ReplayResult<Sym> = b.replay(rec, (o): Sym => loss(o, originalCuts(s.boxes, noiseAt(step))));
       assert.ok(r.ok, r.ok ? '' : r.reason);
       assert.equal(r.value, rec.value);
-      assert.deepEqual([...r.consts.keys()].sort((x, y) => x - y), perStep, 'only the noise and the crop matrices change');
+      assert.ok(r.consts.has(noise[0]), 'new noise');
+      onlyPerStep([...r.consts.keys()], `step ${step}`);
     }
-    // Another crop position: the boxes are data, so the same graph replays with other crop matrices.
+    // Another crop position: the boxes are data, so the same graph replays with other crop indices.
     const i = s.boxes.findIndex((bx) => bx.size < 64);
     const moved = s.boxes.map((bx, j) => (j === i ? { ...bx, offsetX: bx.offsetX > 0 ? bx.offsetX - 1 : bx.offsetX + 1 } : bx));
     const r = b.replay(rec, (o) => loss(o, originalCuts(moved, noiseAt(4))));
     assert.ok(r.ok, r.ok ? '' : r.reason);
-    assert.deepEqual([...r.consts.keys()].sort((x, y) => x - y), perStep, 'moved crop boxes change the crop matrices');
+    assert.ok(indices.some((id) => r.consts.has(id)), 'moved crop boxes change the crop indices');
+    onlyPerStep([...r.consts.keys()], 'moved boxes');
 
     // Host cost: replays of the same call (fixed noise array: what is left is the builder and the model code).
     const fixed = originalCuts(s.boxes);

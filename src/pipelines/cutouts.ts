@@ -16,10 +16,10 @@
 //                   settings (perspective 0.5, affine 30 degrees), then noise.
 //   fast            not in generate.py: original's random crops resized bilinearly (align_corners=False, no
 //                   anti-aliasing) plus noise; no warps, so no gather. Measured here (wasm, 2 shared cores, 32 cutouts
-//                   of 224 from 256x256, forward + backward): latest ~7.4 s (tfjs wasm gather ~0.2 us per element),
-//                   original ~4.2 s, fast ~5 s. The crops' per-cutout matmul along H and the jitter's per-sample
-//                   colour matrices are batched matmuls, which stock tfjs-wasm runs without XNNPACK: ~1.6-1.8x (crops)
-//                   and +1.4 s (latest) over the earlier per-crop slices and draw-dependent ops, which no plan replays.
+//                   of 224 from 256x256, forward + backward): latest ~3.5-5 s (mostly the warps' gathers), original
+//                   ~1.2-1.4 s, fast ~1.5 s. The crops' per-cutout matmul along H and the jitter's per-sample colour
+//                   matrices are batched matmuls, which stock tfjs-wasm runs without XNNPACK (original ~4.9 s, latest
+//                   ~6.1 s, fast ~5.2 s with it); engine/wasm-kernels.ts runs them as 2-D XNNPACK matmuls per batch.
 // Every random choice comes from the rng handed in (forks 'boxes', 'augment', 'noise'), so a seed fixes the cutouts.
 // The random choices only ever become constant DATA: the ops a call makes (kinds, shapes, attrs) depend only on the
 // settings (method, cutn, cutSize, image size, augments, noise factor), so a compiled plan traced once replays
@@ -29,7 +29,8 @@
 // Lanczos-with-reflect-padding (h x h), computed in float64 and rounded once; average pooling = window-averaging
 // matrices; max pooling = elementwise maximum over one-hot row/column selections. Matmul's gradient is exact on every
 // backend (tfjs's own resize/maxPool gradients are not, see ENGINE.md). A crop is not sliced out: its resampling
-// matrices are widened to the whole image (zero outside the crop), so all crops are two fixed-shape matmuls.
+// matrices are widened to the whole image (zero outside the crop), so all crops are two fixed-shape matmuls; those
+// matrices are gathered from a constant table of every crop size's matrix columns by per-step int32 indices.
 import { UserError } from '../cli/errors.ts';
 import type { Ops } from '../engine/ops.ts';
 import type { Rng } from '../util/rng.ts';
@@ -120,19 +121,62 @@ export function makeCutoutsOrig<T>(o: Ops<T>, image: T, cutSize: number, boxes: 
  * The crops of `image` [1, H, W, C] resampled to cutSize: [boxes.length, cutSize, cutSize, C]. Cutout b is
  * Ry_b . image . Rx_b^T per channel, where Ry_b = Resample(cutSize x size) . RowSelect(size x H, offsetY) (and Rx_b
  * likewise along W) is a [cutSize, H] matrix that is zero outside the crop's rows. The ops depend only on the number
- * of boxes, cutSize and the image size; the boxes are the matrices' data (a compiled plan replays with new crops).
+ * of boxes, cutSize and the image size; the boxes are data (a compiled plan replays with new crops).
  * Cost: the crop's matmuls widened to the whole image (about 1-2x their FLOPs for crops of half to all of it).
  */
-function cropAndResample<T>(o: Ops<T>, image: T, boxes: readonly CutBox[], cutSize: number, kind: 'resample' | 'bilinear'): T {
+function cropAndResample<T>(o: Ops<T>, image: T, boxes: readonly CutBox[], cutSize: number, kind: CropKind): T {
   const [n, h, w, c] = o.shape(image);
   if (n !== 1) throw new RangeError(`cutouts of a batch of ${n} images (one image expected)`);
-  const cutn = boxes.length;
-  const ry = new Float32Array(cutn * cutSize * h);
-  const rx = new Float32Array(cutn * cutSize * w);
-  boxes.forEach((b, k) => {
+  for (const b of boxes) {
     if (b.offsetY < 0 || b.offsetX < 0 || b.offsetY + b.size > h || b.offsetX + b.size > w) {
       throw new RangeError(`crop ${JSON.stringify(b)} outside a ${h}x${w} image`);
     }
+  }
+  const cutn = boxes.length;
+  const { ry, rx } = cropMatrices(o, boxes, cutSize, h, w, kind);
+  // Along W first, for every cutout in one matmul (the image is shared): [cutn * cut, W] @ [W, H * C].
+  const cols = o.reshape(o.transpose(o.reshape(image, [h, w, c]), [1, 0, 2]), [w, h * c]);
+  const a = o.reshape(o.matmul(rx, cols), [cutn, cutSize, h, c]);
+  // Then along H per cutout: [cutn, cut, H] @ [cutn, H, cut * C], which is already NHWC.
+  const at = o.reshape(o.transpose(a, [0, 2, 1, 3]), [cutn, h, cutSize * c]);
+  return o.reshape(o.matmul(ry, at), [cutn, cutSize, cutSize, c]);
+}
+
+type CropKind = 'resample' | 'bilinear';
+
+/** Crop tables larger than this (bytes) are not made; see cropMatrices. */
+const MAX_CROP_TABLE_BYTES = 64 * 2 ** 20;
+
+/**
+ * The crops' matrices Ry [cutn, cutSize, H] and Rx [cutn * cutSize, W]. Their nonzero parts are the [cut, size]
+ * matrices of the crop sizes, so they are GATHERED from a constant table (cropTable) by int32 indices: per step only
+ * the indices are new data (cutn * (H + W) ints), and a compiled plan uploads the table once. Where the table would
+ * be too big (short sides over 446 px at cut 224: 7.1 MB at 256 px, 95 MB at 512 px), or for boxes of a size
+ * outside it (only hand-made ones: drawOrigBoxes stays inside), the matrices are built on the host each step
+ * instead (2 x 7.3 MB of new constants at 256 px, 32 cutouts; 2 x 14.7 MB at 512 px): the same floats either way.
+ */
+function cropMatrices<T>(o: Ops<T>, boxes: readonly CutBox[], cutSize: number, h: number, w: number, kind: CropKind): { ry: T; rx: T } {
+  const cutn = boxes.length;
+  const hi = Math.min(h, w);
+  const lo = Math.min(h, w, cutSize);
+  const rows = cropTableRows(lo, hi);
+  if (rows * cutSize * 4 <= MAX_CROP_TABLE_BYTES && boxes.every((b) => b.size >= lo && b.size <= hi)) {
+    const table = o.constant(cropTable(kind, cutSize, lo, hi), [rows, cutSize]);
+    // Rows j of the image: the table row of the crop's column j - offset, or the zero row (the table's last).
+    const gathered = (side: number, offset: (b: CutBox) => number): T => {
+      const idx = new Int32Array(cutn * side).fill(rows - 1);
+      boxes.forEach((b, k) => {
+        const first = cropTableRows(lo, b.size - 1) - 1; // rows of the sizes below b.size
+        for (let j = 0; j < b.size; j++) idx[k * side + offset(b) + j] = first + j;
+      });
+      const t = o.gatherRows(table, o.constantInt(idx, [cutn * side])); // [cutn * side, cut]: the matrices' columns
+      return o.transpose(o.reshape(t, [cutn, side, cutSize]), [0, 2, 1]);
+    };
+    return { ry: gathered(h, (b) => b.offsetY), rx: o.reshape(gathered(w, (b) => b.offsetX), [cutn * cutSize, w]) };
+  }
+  const ry = new Float32Array(cutn * cutSize * h);
+  const rx = new Float32Array(cutn * cutSize * w);
+  boxes.forEach((b, k) => {
     const m = cachedMatrix(kind, b.size, cutSize);
     for (let i = 0; i < cutSize; i++) {
       const row = m.subarray(i * b.size, (i + 1) * b.size);
@@ -140,19 +184,44 @@ function cropAndResample<T>(o: Ops<T>, image: T, boxes: readonly CutBox[], cutSi
       rx.set(row, (k * cutSize + i) * w + b.offsetX);
     }
   });
-  // Along W first, for every cutout in one matmul (the image is shared): [cutn * cut, W] @ [W, H * C].
-  const cols = o.reshape(o.transpose(o.reshape(image, [h, w, c]), [1, 0, 2]), [w, h * c]);
-  const a = o.reshape(o.matmul(o.constant(rx, [cutn * cutSize, w]), cols), [cutn, cutSize, h, c]);
-  // Then along H per cutout: [cutn, cut, H] @ [cutn, H, cut * C], which is already NHWC.
-  const at = o.reshape(o.transpose(a, [0, 2, 1, 3]), [cutn, h, cutSize * c]);
-  return o.reshape(o.matmul(o.constant(ry, [cutn, cutSize, h]), at), [cutn, cutSize, cutSize, c]);
+  return { ry: o.constant(ry, [cutn, cutSize, h]), rx: o.constant(rx, [cutn * cutSize, w]) };
+}
+
+/** Rows of the crop table for sizes lo..hi: one per column of each size's matrix, plus the zero row. */
+function cropTableRows(lo: number, hi: number): number {
+  return ((lo + hi) * (hi - lo + 1)) / 2 + 1;
+}
+
+// One table per (kind, cut, size range): the same array every step, so a compiled plan's replay sees no change.
+const tableCache = new Map<string, Float32Array>();
+const TABLE_CACHE_ENTRIES = 4;
+
+/**
+ * Row (s, c) = column c of the [cut, s] matrix of crop size s (Float32, as cachedMatrix), sizes lo..hi in order;
+ * the last row is zero.
+ */
+function cropTable(kind: CropKind, cut: number, lo: number, hi: number): Float32Array {
+  const key = `${kind}:${cut}:${lo}:${hi}`;
+  let t = tableCache.get(key);
+  if (!t) {
+    t = new Float32Array(cropTableRows(lo, hi) * cut);
+    let row = 0;
+    for (let s = lo; s <= hi; s++) {
+      const m = kind === 'resample' ? resampleMatrix(s, cut) : bilinearMatrix(s, cut);
+      for (let c = 0; c < s; c++) for (let i = 0; i < cut; i++) t[(row + c) * cut + i] = m[i * s + c];
+      row += s;
+    }
+    if (tableCache.size >= TABLE_CACHE_ENTRIES) tableCache.delete(tableCache.keys().next().value!);
+    tableCache.set(key, t);
+  }
+  return t;
 }
 
 // Crop sizes repeat from step to step (at most short side - cut size + 1 of them): keep their [cut, size] matrices.
 const matrixCache = new Map<string, Float32Array>();
 const MATRIX_CACHE_ENTRIES = 128;
 
-function cachedMatrix(kind: 'resample' | 'bilinear', inSize: number, outSize: number): Float32Array {
+function cachedMatrix(kind: CropKind, inSize: number, outSize: number): Float32Array {
   const key = `${kind}:${inSize}:${outSize}`;
   let m = matrixCache.get(key);
   if (m) {
