@@ -81,9 +81,11 @@ describe('fast wasm kernels', () => {
     for (const name of fastWasmKernelNames()) assert.ok(tf.getKernel(name, 'wasm'), `${name} registered`);
     assert.deepEqual(fastWasmKernelNames().sort(), [
       'BatchMatMul',
+      'Cast',
       'Conv2DBackpropFilter',
       'Conv2DBackpropInput',
       'GatherV2',
+      'Identity',
       'UnsortedSegmentSum',
       '_FusedMatMul',
     ]);
@@ -187,6 +189,30 @@ describe('fast wasm kernels', () => {
     }
   });
 
+  test("a wide right operand times transposed (a linear layer's input gradient, as (b·a'ᵀ)ᵀ) equals cpu", async () => {
+    // n·k > rows·(k + n): b is not transposed, a' and the output are. Plain, transposeA, and a's batches folded.
+    const cases: Array<[number[], number[], boolean]> = [
+      [[6, 40], [300, 40], false],
+      [[40, 6], [300, 40], true],
+      [[2, 20, 300], [400, 300], false],
+      [[2, 20, 300], [1, 400, 300], false],
+    ];
+    for (const [aShape, bShape, ta] of cases) {
+      const a = seeded(aShape, 19);
+      const b = seeded(bShape, 20);
+      const d = await relDiffVsCpu(() => {
+        const A = tf.tensor(a, aShape);
+        const B = tf.tensor(b, bShape);
+        // x [6, n] @ W [n, k]: its input gradient is dy @ Wᵀ, the same product.
+        const [n, k] = bShape.slice(-2);
+        const W = tf.tensor(b.subarray(0, n * k), [n, k]);
+        const lin = tf.grad((x: tf.Tensor) => tf.sum(tf.sin(tf.matMul(x, W))))(tf.tensor(seeded([6, n], 21), [6, n]));
+        return [tf.matMul(A, B, ta, true), lin];
+      });
+      assert.ok(d < 1e-5, `${aShape} x ${bShape}ᵀ transposeA=${ta}: relative diff ${d}`);
+    }
+  });
+
   test('batched matMul broadcasting both ways ([2, 1] x [1, 3] batches) equals the tiled product', async () => {
     // tfjs cpu (and the stock wasm loop) index batches modulo their count, which is wrong here: compare with the
     // explicitly tiled operands on cpu instead.
@@ -233,6 +259,27 @@ describe('fast wasm kernels', () => {
     assert.deepEqual(await ints.array(), [[5, 6], [1, 2]]);
     ints.dispose();
     assert.throws(() => tf.gather(tf.zeros([3, 2]), tf.tensor1d([3], 'int32')), /not in \[0, 2\]/);
+  });
+
+  test('Identity and a same-dtype Cast share the buffer (tfjs clones every tensor a gradient saves)', async () => {
+    await tf.setBackend('wasm');
+    const backend = tf.backend() as unknown as { numDataIds(): number };
+    const x = tf.tensor([1.5, -2, 3], [3]);
+    const ids = backend.numDataIds();
+    const y = tf.clone(x);
+    const c = tf.cast(x, 'float32');
+    assert.equal(backend.numDataIds(), ids, 'no new buffer');
+    x.dispose();
+    assert.deepEqual(Array.from(await y.data()), [1.5, -2, 3]);
+    y.dispose();
+    assert.deepEqual(Array.from(await c.data()), [1.5, -2, 3]);
+    const i = tf.cast(c, 'int32'); // a real cast still converts, into its own buffer
+    assert.equal(i.dtype, 'int32');
+    assert.deepEqual(Array.from(await i.data()), [1, -2, 3]);
+    c.dispose();
+    assert.deepEqual(Array.from(await i.data()), [1, -2, 3]);
+    i.dispose();
+    assert.equal(backend.numDataIds(), ids - 1, 'every buffer freed with its last reference');
   });
 
   test('UnsortedSegmentSum and the gather gradient equal cpu', async () => {

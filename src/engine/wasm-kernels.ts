@@ -11,6 +11,11 @@
 //   - _FusedMatMul with transposes: same (and batched/rank>1 bias, which the stock kernel gets wrong, decomposed);
 // and one forward kernel is slow for no reason:
 //   - GatherV2 (~0.1-0.2 us per element, index arithmetic per element): slices copied in JS on the wasm heap;
+// and two copy where every other backend shares the buffer:
+//   - Identity, and Cast to the same dtype: tfjs saves every input a taped kernel's gradient needs as a clone
+//     (Identity), so under a gradient the stock copies duplicated each saved activation AND each weight a matmul
+//     read (CLIP's 0.35 GB visual tower, once per step): ~1 GB of a 64 px step's 1.05 GB peak above the weights.
+//     They now return the input's buffer with its refcount raised, as Reshape does (no wasm kernel writes in place);
 // and two kernels are missing entirely:
 //   - Conv2DBackpropFilter (conv weight gradients): a forward Conv2D of x (channels as batch) with dy as a dilated
 //     filter; stride == kernel: one matmul;
@@ -188,6 +193,12 @@ function matMul(s: Scratch, a: TensorInfo, b: TensorInfo, transposeA: boolean, t
   const bDims = b.shape.slice(0, -2);
   const outDims = tf.backend_util.assertAndGetBroadcastShape(aDims, bDims);
   const batch = tf.util.sizeFromShape(outDims);
+  // One right operand (no batch; or broadcast, a's batches folded into the rows, where XNNPACK beats the loop).
+  const oneB = batch <= 1 || (!transposeA && tf.util.sizeFromShape(bDims) === 1 && stockLoopNs(batch * m, k, n) >= XNNPACK_CALL_NS);
+  if (transposeB && oneB) {
+    const swapped = swappedProduct(s, a, b, transposeA, batch * m, k, n);
+    if (swapped) return s.reshape(swapped, [...outDims, m, n]);
+  }
   const a2 = transposeA ? s.transpose(a, swapLast2(ra)) : a; // [..., m, k]
   const b2 = transposeB ? s.transpose(b, swapLast2(rb)) : b; // [..., k, n]
   const plain = () => s.run(tf.BatchMatMul, { a: a2, b: b2 }, { transposeA: false, transposeB: false });
@@ -226,6 +237,21 @@ function matMul(s: Scratch, a: TensorInfo, b: TensorInfo, transposeA: boolean, t
     views.release();
   }
   return out;
+}
+
+/**
+ * a' @ bᵀ for one right operand b [n, k] and the `rows` rows of a' (a, or aᵀ for transposeA with no batch): as
+ * (b @ a'ᵀ)ᵀ when b is the larger operand. Every linear layer's input gradient is dy @ Wᵀ, and transposing W costs a
+ * copy of it plus XNNPACK's repacking of a new right operand on every call (CLIP's [3072, 768] at 100 rows: ~2x the
+ * product itself); b as the left operand is read in place, and only a' and the output are transposed. Returns the
+ * product as [1, rows, n], or undefined where transposing b is the cheaper way.
+ */
+function swappedProduct(s: Scratch, a: TensorInfo, b: TensorInfo, transposeA: boolean, rows: number, k: number, n: number): TensorInfo | undefined {
+  if (n * k <= rows * (k + n)) return undefined;
+  // a'ᵀ [k, rows]: transposeA (batch 1) means a is stored [k, rows] already.
+  const aT = transposeA ? s.reshape(a, [1, k, rows]) : s.transpose(s.reshape(a, [1, rows, k]), [0, 2, 1]);
+  const yT = s.run(tf.BatchMatMul, { a: s.reshape(b, [1, n, k]), b: aT }, { transposeA: false, transposeB: false });
+  return s.transpose(yT, [0, 2, 1]);
 }
 
 function batchMatMul(args: KernelArgs): TensorInfo {
@@ -500,6 +526,27 @@ function gatherV2(args: KernelArgs): TensorInfo {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Identity / Cast: the same buffer, one more reference (what the cpu and webgpu backends do).
+
+function share(backend: BackendWasm, x: TensorInfo): TensorInfo {
+  backend.incRef(x.dataId);
+  return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+}
+
+function identity(args: KernelArgs): TensorInfo {
+  const { x } = args.inputs;
+  if (x.dtype === 'string') return stock.get(tf.Identity)!.kernelFunc(args as never) as TensorInfo;
+  return share(args.backend as BackendWasm, x);
+}
+
+function cast(args: KernelArgs): TensorInfo {
+  const { x } = args.inputs;
+  const { dtype } = args.attrs as { dtype: tf.DataType };
+  if (dtype !== x.dtype || x.dtype === 'string') return stock.get(tf.Cast)!.kernelFunc(args as never) as TensorInfo;
+  return share(args.backend as BackendWasm, x);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // UnsortedSegmentSum (missing on wasm): out[ids[i], ...] += x[i, ...], in JS on the wasm heap. Used by tf.gather's
 // gradient w.r.t. the table; the sizes there (codebook rows x channels) make a JS loop cheap next to the model.
 
@@ -535,6 +582,8 @@ const replacements: Array<{ name: string; kernelFunc: (args: KernelArgs) => Tens
   { name: tf._FusedMatMul, kernelFunc: fusedMatMul },
   { name: tf.UnsortedSegmentSum, kernelFunc: unsortedSegmentSum },
   { name: tf.GatherV2, kernelFunc: gatherV2 },
+  { name: tf.Identity, kernelFunc: identity },
+  { name: tf.Cast, kernelFunc: cast },
 ];
 
 /** Kernel names registered by registerFastWasmKernels(). */
