@@ -113,9 +113,16 @@ function residualBlock<T>(o: Ops<T>, cfg: ClipConfig, blk: ResBlockW<T>, heads: 
   return o.add(x, o.linear(act, blk.proj.w, blk.proj.b));
 }
 
+/**
+ * The residual blocks, each checkpointed where the executor can (o.checkpoint): under a gradient the tape then holds
+ * one [B, L, D] tensor per block instead of every intermediate, and tfjs, which frees no gradient tensor before its
+ * backward pass ends, keeps one block's gradients at a time. With 8-32 cutouts that is most of a step's memory
+ * (128 px, 8 cutouts: ~0.8 GB of CLIP tensors at the peak); the price is one more forward of each block.
+ */
 function transformer<T>(o: Ops<T>, cfg: ClipConfig, blocks: ResBlockW<T>[], heads: number, x: T, causal: boolean, tap: ClipTaps<T> | undefined, prefix: string): T {
   blocks.forEach((blk, i) => {
-    x = residualBlock(o, cfg, blk, heads, x, causal);
+    const fn = (t: T) => residualBlock(o, cfg, blk, heads, t, causal);
+    x = o.checkpoint ? o.checkpoint(fn, x) : fn(x);
     tap?.(`${prefix}.resblocks.${i}`, x);
   });
   return x;
