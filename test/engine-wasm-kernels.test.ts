@@ -68,6 +68,29 @@ const convCases: Array<[string, number[], number[], number, Pad]> = [
   ['32x32 s32 (ViT-B/32 patch embedding)', [1, 64, 64, 3], [32, 32, 3, 8], 32, 'valid'],
 ];
 
+
+/** Best time in ms of `calls - 1` calls of f (the first is a warm-up), with our kernels and with the stock ones. */
+async function fastAndStockMs(calls: number, f: () => tf.Tensor): Promise<{ fast: number; slow: number }> {
+  const best = async () => {
+    let t = Infinity;
+    for (let i = 0; i < calls; i++) {
+      const t0 = performance.now();
+      const y = f();
+      await y.data();
+      y.dispose();
+      if (i > 0) t = Math.min(t, performance.now() - t0);
+    }
+    return t;
+  };
+  const fast = await best();
+  unregisterFastWasmKernels();
+  try {
+    return { fast, slow: await best() };
+  } finally {
+    registerFastWasmKernels();
+  }
+}
+
 describe('fast wasm kernels', () => {
   before(async () => {
     const r = await initBackend('wasm'); // all cores; registers the fast kernels
@@ -323,25 +346,7 @@ describe('fast wasm kernels', () => {
     const x = tf.tensor(seeded([1, 32, 32, 64], 11), [1, 32, 32, 64]) as tf.Tensor4D;
     const w = tf.tensor(seeded([3, 3, 64, 64], 12), [3, 3, 64, 64]) as tf.Tensor4D;
     const dy = tf.tensor(seeded([1, 32, 32, 64], 13), [1, 32, 32, 64]);
-    const best = async () => {
-      let t = Infinity;
-      for (let i = 0; i < 4; i++) {
-        const t0 = performance.now();
-        const g = grad((xx: tf.Tensor4D) => tf.conv2d(xx, w, 1, 'same'))(x, dy);
-        await g.data();
-        g.dispose();
-        if (i > 0) t = Math.min(t, performance.now() - t0); // first call: warm-up
-      }
-      return t;
-    };
-    const fast = await best();
-    unregisterFastWasmKernels();
-    let slow: number;
-    try {
-      slow = await best();
-    } finally {
-      registerFastWasmKernels();
-    }
+    const { fast, slow } = await fastAndStockMs(4, () => grad((xx: tf.Tensor4D) => tf.conv2d(xx, w, 1, 'same'))(x, dy));
     console.log(`# conv 64->64 at 32x32, forward + input gradient: fast ${fast.toFixed(1)} ms, stock ${slow.toFixed(1)} ms`);
     // Typically 4-8x here; 1.5x leaves room for a busy machine.
     assert.ok(fast * 1.5 < slow, `fast ${fast.toFixed(1)} ms vs stock ${slow.toFixed(1)} ms`);
@@ -352,25 +357,7 @@ describe('fast wasm kernels', () => {
     await tf.setBackend('wasm');
     const a = tf.tensor(seeded([8, 224, 256], 19), [8, 224, 256]);
     const b = tf.tensor(seeded([8, 256, 672], 20), [8, 256, 672]);
-    const best = async () => {
-      let t = Infinity;
-      for (let i = 0; i < 3; i++) {
-        const t0 = performance.now();
-        const y = tf.matMul(a, b);
-        await y.data();
-        y.dispose();
-        if (i > 0) t = Math.min(t, performance.now() - t0);
-      }
-      return t;
-    };
-    const fast = await best();
-    unregisterFastWasmKernels();
-    let slow: number;
-    try {
-      slow = await best();
-    } finally {
-      registerFastWasmKernels();
-    }
+    const { fast, slow } = await fastAndStockMs(3, () => tf.matMul(a, b));
     console.log(`# 8 x [224, 256] @ [256, 672]: fast ${fast.toFixed(1)} ms, stock ${slow.toFixed(1)} ms`);
     // Typically 5-7x here; 2x leaves room for a busy machine.
     assert.ok(fast * 2 < slow, `fast ${fast.toFixed(1)} ms vs stock ${slow.toFixed(1)} ms`);
