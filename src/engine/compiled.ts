@@ -102,14 +102,21 @@ export class CompiledEngine {
     };
     // Every call goes to the current target: the builder, or a replay while a loop step re-runs its functions.
     const engine = this;
+    // Methods bound once per target: a replay makes thousands of op calls per step.
+    const boundByTarget = new WeakMap<object, Map<PropertyKey, unknown>>();
     this.ops = new Proxy({} as Ops<Sym>, {
       get(_, key: keyof Ops<Sym>) {
         if (key === 'read') return (x: Sym) => engine.evaluate([x]).then(([d]) => (d instanceof Float32Array ? d : Float32Array.from(d)));
         if (key === 'readInt') return (x: Sym) => engine.evaluate([x]).then(([d]) => (d instanceof Int32Array ? d : Int32Array.from(d)));
         if (key === 'checkpoint') return undefined; // the plan decides memory
-        const target = engine.current as unknown as Record<string, unknown>;
+        const target = engine.current as unknown as Record<PropertyKey, unknown>;
+        let bound = boundByTarget.get(target);
+        if (!bound) boundByTarget.set(target, (bound = new Map()));
+        if (bound.has(key)) return bound.get(key);
         const v = target[key];
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        const out = typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        if (typeof v === 'function') bound.set(key, out);
+        return out;
       },
     });
     this.executor = {
