@@ -29,7 +29,8 @@ export type UnaryFn =
   | 'scale' // x * s
   | 'addScalar' // x + s
   | 'clamp' // min(max(x, lo), hi)
-  | 'recip'; // 1 / x
+  | 'recip' // 1 / x
+  | 'floor'; // largest integer <= x (gradient zero)
 
 /**
  * Elementwise functions of two tensors with numpy broadcasting (shapes aligned at the end).
@@ -132,6 +133,16 @@ export interface Attrs {
   gatherRowsGrad: Record<string, never>;
   /** Inputs indices i32 [M] -> f32 [M, depth]. */
   oneHot: { depth: number };
+  /**
+   * Elementwise dtype conversion to `to` (= node.dtype). Only f32 -> i32 (Ops.toInt): truncation toward zero, for
+   * integer values in int32 range (index arithmetic); anything else is undefined. Not differentiable.
+   */
+  cast: { to: DType };
+  /**
+   * Input seed i32 [2] -> f32 node.shape: standard normal samples, each a pure function of the seed and its row-major
+   * index (the generator of src/engine/random.ts, where it is specified). Not differentiable.
+   */
+  randomNormal: Record<string, never>;
   /**
    * A group of elementwise nodes (unary, binary with broadcasting, reshapes between them; optionally after the matmul,
    * conv2d, conv2dGradInput or normalization that makes one of their operands; optionally transposed at the end) run as
