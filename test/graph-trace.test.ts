@@ -75,6 +75,9 @@ function everyOp<T>(o: Ops<T>, x: T): T {
   out(o.straightThrough(o.scale(o.zeros([16, 4]), 2), o.sum(flat, [0], true)));
   out(o.gatherRows(o.scale(flat, 2), o.constantInt(Int32Array.of(3, 0, 3, 15, 7), [5])));
   out(o.oneHot(o.argmax(flat, 1), 4));
+  // Index arithmetic (floor, toInt) and noise: neither passes gradient; x * floor(x) does, as floor(x).
+  out(o.gatherRows(flat, o.toInt(o.floor(o.scale(o.sigmoid(o.reshape(o.slice(flat, [0, 1], [16, 1]), [16])), 15.99)))));
+  out(o.add(o.mul(flat, o.floor(o.scale(flat, 2))), o.randomNormal(o.constantInt(Int32Array.of(17, -4), [2]), [16, 4])));
 
   // Elementwise, reductions, layout.
   const s = o.sigmoid(flat);
@@ -114,7 +117,7 @@ describe('trace + autodiff + interpret on tfjs cpu', () => {
     await checkTraced('every op', b, { tf: (x) => everyOp(tfOps, x), graph: (bb, x) => everyOp(bb, x) }, xData, [1, 4, 4, 4], { y: 1e-6, grad: 1e-6 });
     // Every ir kind the tracer and autodiff make appears (argmin/argmax/oneHot in the forward; *Grad in the backward).
     const kinds = new Set(b.graph.nodes.map((n) => n.op));
-    for (const k of ['conv2d', 'conv2dGradInput', 'groupNorm', 'groupNormGrad', 'layerNorm', 'layerNormGrad', 'resize', 'resizeGrad', 'upsample2x', 'softmax', 'softmaxGrad', 'gatherRows', 'gatherRowsGrad', 'oneHot', 'argmin', 'argmax', 'pad', 'slice', 'concat', 'transpose', 'matmul']) {
+    for (const k of ['conv2d', 'conv2dGradInput', 'groupNorm', 'groupNormGrad', 'layerNorm', 'layerNormGrad', 'resize', 'resizeGrad', 'upsample2x', 'softmax', 'softmaxGrad', 'gatherRows', 'gatherRowsGrad', 'oneHot', 'cast', 'randomNormal', 'argmin', 'argmax', 'pad', 'slice', 'concat', 'transpose', 'matmul']) {
       assert.ok(kinds.has(k as never), `no ${k} node`);
     }
     const fns = new Set(b.graph.nodes.filter((n) => n.op === 'binary').map((n) => (n.attrs as { fn: string }).fn));

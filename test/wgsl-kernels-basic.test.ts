@@ -132,6 +132,7 @@ test('unary: every UnaryFn, ranks 0-5, a launch spread over y', async (ctx) => {
     [{ fn: 'addScalar', s: 1.25 }, (x) => tfOps.addScalar(x, 1.25)],
     [{ fn: 'clamp', lo: -0.5, hi: 0.75 }, (x) => tf.clipByValue(x, -0.5, 0.75)],
     [{ fn: 'recip' }, tf.reciprocal, 0.1, 3],
+    [{ fn: 'floor' }, tf.floor, -4, 4],
   ];
   const shapes = [[], [7], [3, 5], [2, 3, 4], [2, 1, 3, 5], [1, 2, 3, 2, 3]];
   for (const [i, [attrs, ref, lo, hi]] of fns.entries()) {

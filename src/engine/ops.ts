@@ -68,6 +68,16 @@ export interface Ops<T> {
   maximum(a: T, b: T): T;
   minimum(a: T, b: T): T;
   clamp(x: T, lo: number, hi: number): T;
+  /** Largest integer <= x, elementwise. Its gradient is zero. */
+  floor(x: T): T;
+  /** float32 -> int32, truncating toward zero (for index arithmetic: pass integer values in int32 range). No gradient. */
+  toInt(x: T): T;
+  /**
+   * Standard normal samples of `shape`, a pure function of `seed` (int32 [2]) and the element index: the same seed
+   * gives the same numbers on every engine (up to float32 rounding of log/cos/sqrt; the generator is random.ts's).
+   * No gradient.
+   */
+  randomNormal(seed: T, shape: number[]): T;
 
   // Activations.
   swish(x: T): T;

@@ -3,6 +3,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { clampWithGrad, gatherRows, resize, stopGradient, straightThrough } from './gradients.ts';
 import type { Conv2dOptions, Executor, Ops } from './ops.ts';
+import { randomNormalData } from './random.ts';
 
 type T = tf.Tensor;
 
@@ -74,6 +75,13 @@ export const tfOps: Ops<T> = {
   maximum: (a, b) => tf.maximum(a, b),
   minimum: (a, b) => tf.minimum(a, b),
   clamp: (x, lo, hi) => tf.clipByValue(x, lo, hi),
+  floor: (x) => tf.floor(x), // tfjs's Floor gradient is zerosLike(dy) (tfjs-core, every backend)
+  toInt: (x) => tf.cast(x, 'int32'),
+  randomNormal: (seed, shape) => {
+    // The seed is two small words: read it back and fill on the host (the generator is defined in random.ts).
+    if (seed.dtype !== 'int32' || seed.size !== 2 || seed.rank !== 1) throw new Error(`randomNormal: the seed must be int32 [2], got ${seed.dtype} [${seed.shape}]`);
+    return tf.tensor(randomNormalData(seed.dataSync() as Int32Array, shape.reduce((a, b) => a * b, 1)), shape, 'float32');
+  },
 
   swish: (x) => tf.mul(x, tf.sigmoid(x)),
   gelu: (x) => tf.mul(tf.mul(x, tf.scalar(0.5)), tf.add(tf.scalar(1), tf.erf(tf.mul(x, tf.scalar(SQRT1_2))))),

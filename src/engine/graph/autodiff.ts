@@ -48,11 +48,14 @@ function gradInputs(n: Node, rule: GradRule | undefined): number[] {
     case 'argmin':
     case 'argmax':
     case 'oneHot':
+    case 'cast':
+    case 'randomNormal':
       return [];
     case 'unary': {
       if (rule?.kind === 'stop') return [];
       if (rule?.kind === 'straightThrough') return [rule.target];
-      return (n.attrs as Attrs['unary']).fn === 'sign' ? [] : n.inputs;
+      const fn = (n.attrs as Attrs['unary']).fn;
+      return fn === 'sign' || fn === 'floor' ? [] : n.inputs; // piecewise constant: zero gradient
     }
     case 'binary': {
       const fn = (n.attrs as Attrs['binary']).fn;

@@ -132,6 +132,11 @@ class Kinds<T> {
         return o.matmul(o.oneHot(x[1], n.shape[0]), x[0], true, false);
       case 'oneHot':
         return o.oneHot(x[0], (n.attrs as Attrs['oneHot']).depth);
+      case 'cast':
+        if ((n.attrs as Attrs['cast']).to !== 'i32') throw new Error('cast: only f32 -> i32 (toInt)');
+        return o.toInt(x[0]);
+      case 'randomNormal':
+        return o.randomNormal(x[0], n.shape);
       case 'fused': {
         // A planner-made group (graph/fuse.ts): its steps are ordinary nodes, run in order.
         const vals: T[] = [];
@@ -184,6 +189,8 @@ class Kinds<T> {
         return o.clamp(x, a.lo!, a.hi!);
       case 'recip':
         return o.div(this.scalar(1), x);
+      case 'floor':
+        return o.floor(x);
     }
   }
 

@@ -288,6 +288,18 @@ abstract class SymOps implements Ops<Sym> {
     if (!(lo <= hi)) throw new Error(`clamp: lo ${lo} > hi ${hi}`);
     return this.unary('clamp', x, 'clamp', { lo, hi });
   }
+  floor(x: Sym): Sym {
+    return this.unary('floor', x, 'floor');
+  }
+  toInt(x: Sym): Sym {
+    if (x.dtype !== 'f32') throw new Error(`toInt: needs a float32 tensor, got ${x.dtype}${str(x.shape)}`);
+    return this.emit('cast', [x], { to: 'i32' }, x.shape, 'i32');
+  }
+  randomNormal(seed: Sym, shape: number[]): Sym {
+    if (seed.dtype !== 'i32' || !sameNumbers(seed.shape, [2])) throw new Error(`randomNormal: the seed must be int32 [2], got ${seed.dtype}${str(seed.shape)}`);
+    checkShape('randomNormal', shape);
+    return this.emit('randomNormal', [seed], {}, shape.slice(), 'f32');
+  }
   swish(x: Sym): Sym {
     return this.unary('swish', x, 'swish');
   }

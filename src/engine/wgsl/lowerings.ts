@@ -8,6 +8,7 @@ import { lowerings as gather } from './kernels/gather.ts';
 import { lowerings as layout } from './kernels/layout.ts';
 import { lowerings as matmul } from './kernels/matmul.ts';
 import { lowerings as norm } from './kernels/norm.ts';
+import { lowerings as random } from './kernels/random.ts';
 import { lowerings as reduce } from './kernels/reduce.ts';
 import { lowerings as resize } from './kernels/resize.ts';
 
@@ -22,4 +23,4 @@ export function mergeLowerings(...tables: Lowerings[]): Lowerings {
   return all as Lowerings;
 }
 
-export const lowerings: Lowerings = mergeLowerings(elementwise, fused, reduce, layout, gather, resize, matmul, conv, norm);
+export const lowerings: Lowerings = mergeLowerings(elementwise, fused, reduce, layout, gather, resize, matmul, conv, norm, random);

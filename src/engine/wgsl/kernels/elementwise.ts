@@ -1,4 +1,4 @@
-// Elementwise kernels: `unary` (every UnaryFn) and `binary` (every BinaryFn, numpy broadcasting).
+// Elementwise kernels: `unary` (every UnaryFn), `binary` (every BinaryFn, numpy broadcasting) and `cast` (f32 -> i32).
 //
 // The WGSL of each function is an expression over named operands (unaryExpr / binaryExpr) plus a few helper
 // functions (ELEMENTWISE_HELPERS), so that a fusion pass can compose chains into one kernel. Broadcasting indexes each
@@ -66,6 +66,7 @@ export function unaryExpr(fn: UnaryFn, x: string, attrs: Pick<Attrs['unary'], 's
     // min(max()) rather than clamp(): WGSL's clamp is undefined when lo > hi; this matches tf.clipByValue's order.
     case 'clamp': return `min(max(${x}, ${bound(attrs.lo, 'clamp lo')}), ${bound(attrs.hi, 'clamp hi')})`;
     case 'recip': return `(1.0 / ${x})`;
+    case 'floor': return `floor(${x})`;
   }
 }
 
@@ -162,4 +163,14 @@ function lowerBinary(node: KernelNode<'binary'>, limits: KernelLimits): Lowered 
   return { dispatches: [{ ...k, bindings: [{ input: 0 }, { input: 1 }, { output: true }], label }] };
 }
 
-export const lowerings: Lowerings = { unary: lowerUnary, binary: lowerBinary };
+/** f32 -> i32 by WGSL's conversion: truncation toward zero, as tf.cast (values outside int32 are the caller's error). */
+function lowerCast(node: KernelNode<'cast'>, limits: KernelLimits): Lowered {
+  const from = node.inputs[0].dtype;
+  const { to } = node.attrs;
+  if (from !== 'f32' || to !== 'i32' || node.output.dtype !== 'i32') throw new Error(`cast: only f32 -> i32 (got ${from} -> ${to})`);
+  const decls = `${buffer(0, 'x', 'f32')}\n${buffer(1, 'y', 'i32', true)}`;
+  const k = kernel1d(decls, prod(node.output.shape), '  y[i] = i32(x[i]);', limits);
+  return { dispatches: [{ ...k, bindings: [{ input: 0 }, { output: true }], label: `cast f32->i32 [${node.output.shape}]` }] };
+}
+
+export const lowerings: Lowerings = { unary: lowerUnary, binary: lowerBinary, cast: lowerCast };
