@@ -65,7 +65,8 @@ test('warpBatch samples like grid_sample (bilinear, zeros) for one stage; border
       }
     }
     const got = out.subarray(b * h * w * c, (b + 1) * h * w * c);
-    assert.ok(maxAbsDiff(got, ref) < 1e-6, `sample ${b}: ${maxAbsDiff(got, ref)}`);
+    // Positions are computed by float32 ops (about 1e-6 px off the float64 reference here).
+    assert.ok(maxAbsDiff(got, ref) < 1e-5, `sample ${b}: ${maxAbsDiff(got, ref)}`);
   }
   // No applied stage anywhere: the same ops as any warp (the structure never depends on the draws), copying the input.
   assert.deepEqual(await o.read(warpBatch(o, x, [[], []])), Float32Array.from([...img, ...img]));

@@ -9,7 +9,7 @@ import { initBackend, shutdownBackend } from '../src/engine/backend.ts';
 import { gradient } from '../src/engine/graph/autodiff.ts';
 import { interpret } from '../src/engine/graph/interpret.ts';
 import { GraphBuilder, type ReplayResult, type Sym } from '../src/engine/graph/trace.ts';
-import type { Executor, Ops } from '../src/engine/ops.ts';
+import { dataTensors, type Executor, type Ops } from '../src/engine/ops.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 import { asFloat32, asNumbers } from '../src/formats/host-tensor.ts';
 import { encodeImagePixels, encodeText, inputResolution, type ClipConfig, type ClipWeights } from '../src/models/clip.ts';
@@ -17,7 +17,7 @@ import { clipWeightTensors, loadClip } from '../src/models/clip-load.ts';
 import { ClipTokenizer } from '../src/models/clip-tokenizer.ts';
 import { loadVqgan } from '../src/models/vqgan-load.ts';
 import { decode, vectorQuantizeST, type VqganWeights } from '../src/models/vqgan.ts';
-import { addCutoutNoise } from '../src/pipelines/augment.ts';
+import { addCutoutNoise, drawCutoutNoise } from '../src/pipelines/augment.ts';
 import { makeCutouts, makeCutoutsOrig, type CutBox } from '../src/pipelines/cutouts.ts';
 import { promptLoss } from '../src/pipelines/generate.ts';
 import { parseStory, type PromptSpec } from '../src/pipelines/prompts.ts';
@@ -45,7 +45,7 @@ const originalCuts =
   (boxes: CutBox[], noise?: Rng): Cutter =>
   (o, image, size) => {
     const cuts = makeCutoutsOrig(o, image, size, boxes);
-    return noise ? addCutoutNoise(o, cuts, 0.1, noise) : cuts;
+    return noise ? addCutoutNoise(o, cuts, dataTensors(o, drawCutoutNoise(0.1, boxes.length, noise))) : cuts;
   };
 
 /** generate.ts's per-prompt loss vector for one CLIP model of weight 1: Generation.synth, .losses (initWeight 0). */
@@ -120,22 +120,26 @@ describe('the generate loss, replayed', () => {
     const rec = b.record((o) => loss(o, originalCuts(s.boxes, noiseAt(0))));
     const nodes = rec.end - rec.start;
     gradient(b, rec.value, z);
-    // The per-step constants: the noise, and the crop indices (int32 [cutn * H] and [cutn * W]) that gather the crop
-    // matrices from the constant crop table (the same array every call, so it never counts as changed). Indices of
-    // unchanged boxes may compare equal (small arrays are compared by value), the noise is new every step.
-    const [n, r0, h, w] = [s.boxes.length, inputResolution(s.clip.config), 64, 64];
+    // The per-step constants: the noise's seed (int32 [2]) and factors ([n, 1, 1, 1]: the noise itself is made by
+    // o.randomNormal), and the crop indices (int32 [cutn * H] and [cutn * W]) that gather the crop matrices from the
+    // constant crop table (the same array every call, so it never counts as changed). Indices of unchanged boxes may
+    // compare equal (small arrays are compared by value), the seed is new every step.
+    const [n, h, w] = [s.boxes.length, 64, 64];
     const recConsts = b.graph.nodes.filter((nd) => nd.id >= rec.start && nd.id < rec.end && nd.op === 'const');
-    const noise = recConsts.filter((nd) => nd.shape.join() === [n, r0, r0, 3].join()).map((nd) => nd.id);
+    const seed = recConsts.filter((nd) => nd.dtype === 'i32' && nd.shape.join() === '2').map((nd) => nd.id);
+    const fac = recConsts.filter((nd) => nd.shape.join() === [n, 1, 1, 1].join()).map((nd) => nd.id);
     const indices = recConsts.filter((nd) => nd.dtype === 'i32' && [[n * h].join(), [n * w].join()].includes(nd.shape.join())).map((nd) => nd.id);
-    assert.equal(noise.length, 1);
+    assert.equal(seed.length, 1);
+    assert.equal(fac.length, 1);
     assert.equal(indices.length, 2);
+    const noise = [...seed, ...fac];
     const onlyPerStep = (changed: number[], what: string) =>
-      assert.ok(changed.every((id) => id === noise[0] || indices.includes(id)), `${what}: changed consts ${changed} (noise ${noise}, crop indices ${indices})`);
+      assert.ok(changed.every((id) => noise.includes(id) || indices.includes(id)), `${what}: changed consts ${changed} (noise ${noise}, crop indices ${indices})`);
     for (let step = 1; step <= 3; step++) {
       const r: ReplayResult<Sym> = b.replay(rec, (o): Sym => loss(o, originalCuts(s.boxes, noiseAt(step))));
       assert.ok(r.ok, r.ok ? '' : r.reason);
       assert.equal(r.value, rec.value);
-      assert.ok(r.consts.has(noise[0]), 'new noise');
+      assert.ok(r.consts.has(seed[0]), 'new noise seed');
       onlyPerStep([...r.consts.keys()], `step ${step}`);
     }
     // Another crop position: the boxes are data, so the same graph replays with other crop indices.

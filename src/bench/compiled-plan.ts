@@ -41,7 +41,7 @@ function inert(plan: Plan): CompiledGraph {
     destroy() {},
     lastRunHostMs: 0,
     lastEncodeMs: 0,
-    stats: { dispatches: plan.dispatches.length, pipelines: 0, bindGroups: 0, buffers: 0, arenaBytes: plan.memory.arenaBytes, constBytes: plan.memory.constBytes },
+    stats: { dispatches: plan.dispatches.length, pipelines: 0, pipelineSwitches: 0, bindGroups: 0, buffers: 0, arenaBytes: plan.memory.arenaBytes, constBytes: plan.memory.constBytes },
   };
 }
 

@@ -1,8 +1,7 @@
 // The compiled engine (src/engine/compiled.ts) on one CLIP-guided iteration at the real shapes (f16_16384 decoder +
 // ViT-B/32, random weights): plan size (nodes, dispatches, pipelines, arena and constant bytes vs the sum of all
-// values), the time to trace and plan, and per replayed step the HOST time: re-running the pipeline's functions on
-// the replay recorder (which also makes the step's cutout matrices and noise), uploading the constants that changed,
-// and encoding the dispatches. On a hardware adapter it also runs the steps and reports the wall time per iteration
+// values), the time to trace and plan, and per later step the HOST time: making the step's data on the host (crop
+// indices, warp matrices, seeds, step scalars: Generation.stepData), uploading it, and encoding the dispatches. On a hardware adapter it also runs the steps and reports the wall time per iteration
 // (one readback per step: the losses). On the software adapter the work is encoded but not submitted (llvmpipe would
 // take hours at these sizes), so only host figures are printed.
 //
@@ -62,10 +61,10 @@ export async function benchCompiled(log: (line: string) => void, opts: CompiledB
       const wall = performance.now() - t;
       const s = engine.stats;
       rows.push({ wall, host: s.lastStepReplayMs + s.lastStepEncodeMs, replay: s.lastStepReplayMs, encode: s.lastStepEncodeMs, compiles: s.compiles - before });
-      log(`  step ${i + 1}: ${rows[i].compiles ? `planned + compiled (${(wall / 1000).toFixed(1)} s)` : 'replayed'}; host ${rows[i].host.toFixed(2)} ms (replay ${rows[i].replay.toFixed(2)}, encode ${rows[i].encode.toFixed(2)})${hardware ? `; wall ${wall.toFixed(1)} ms` : ''}`);
+      log(`  step ${i + 1}: ${rows[i].compiles ? `planned + compiled (${(wall / 1000).toFixed(1)} s)` : 'replayed'}; host ${rows[i].host.toFixed(2)} ms (step data ${rows[i].replay.toFixed(2)}, upload + encode ${rows[i].encode.toFixed(2)})${hardware ? `; wall ${wall.toFixed(1)} ms` : ''}`);
     }
     const s = engine.stats;
-    log(`  plan: ${engine.builder.graph.nodes.length} graph nodes traced in all; step plan ${s.dispatches} dispatches, arena ${mib(s.arenaBytes)}, constants ${mib(s.constBytes)}`);
+    log(`  plan: ${engine.builder.graph.nodes.length} graph nodes traced in all; step plan ${s.dispatches} dispatches (${s.pipelineSwitches} pipeline switches), arena ${mib(s.arenaBytes)}, constants ${mib(s.constBytes)}`);
     const replayed = rows.filter((r) => r.compiles === 0);
     if (!replayed.length) {
       log(`iteration ${size}x${size}/${cutn} (${method}): no step replayed (the step's structure changed every step: see CompiledLoop)`);

@@ -7,16 +7,17 @@
 //   (cached by structure: a second read of the same computation re-uses the compiled plan and uploads only the
 //   constants whose data changed);
 // - `loop(spec, state)` compiles a whole training step (forward, its gradient w.r.t. one state tensor, the update)
-//   once and replays it: each step re-runs the model functions on a ReplayOps, which only checks that the structure
-//   is the recorded one and collects the constants that changed (cutout matrices, noise, per-step scalars); the run
-//   uploads those, encodes the recorded dispatches, submits once, and the state stays on the GPU (carried from the
-//   outputs to the inputs inside the same submission). A structure change (e.g. the optimiser's buffers appearing
-//   after its first step, or a story switching to a phrase with more prompts) is handled by compiling again.
+//   once and runs it every step: the state stays on the GPU (carried from the outputs to the inputs inside the same
+//   submission) and a step uploads only the spec's step data (LoopSpec.data: crop indices, warp parameters, seeds,
+//   step scalars, all small), encodes the recorded dispatches and submits once. A spec without step data is instead
+//   replayed: each step re-runs its functions on a ReplayOps, which checks that the structure is the recorded one
+//   and collects the constants that changed. A structure change (the optimiser's buffers appearing after its first
+//   step, step data of other names or shapes, a replay that differs) is handled by compiling again.
 import { gradient } from './graph/autodiff.ts';
 import { fuseElementwise } from './graph/fuse.ts';
 import type { Graph, Node } from './graph/ir.ts';
 import { GraphBuilder, type Recording, type Sym } from './graph/trace.ts';
-import type { Executor, HostValue, LoopSpec as LoopSpecOf, Ops, TrainingLoop } from './ops.ts';
+import type { Executor, HostData, HostValue, LoopSpec as LoopSpecOf, Ops, TrainingLoop } from './ops.ts';
 import { compilePlan, type CompiledGraph } from './wgsl/executor.ts';
 import { DEFAULT_LIMITS, type KernelLimits } from './wgsl/kernel.ts';
 import { lowerings } from './wgsl/lowerings.ts';
@@ -69,18 +70,22 @@ type HostTensor = HostValue;
 export interface EngineStats {
   /** Plans compiled (graph evaluations and loop structures). */
   compiles: number;
-  /** Host milliseconds of the last loop step: replaying the model functions, uploading changed constants, encoding and submitting (not GPU time, not the readback). */
+  /** Host milliseconds of the last loop step: making its data (or replaying), uploading, encoding and submitting (not GPU time, not the readback). */
   lastStepHostMs: number;
+  /** Of which: uploading the step's inputs and encoding the dispatches. */
   lastStepEncodeMs: number;
+  /** Of which: making the step's data (LoopSpec.data), or replaying the functions for a spec without it. */
   lastStepReplayMs: number;
   dispatches: number;
+  /** setPipeline calls per run of the last compiled loop plan. */
+  pipelineSwitches: number;
   arenaBytes: number;
   constBytes: number;
 }
 
 export class CompiledEngine {
   readonly builder = new GraphBuilder();
-  readonly stats: EngineStats = { compiles: 0, lastStepHostMs: 0, lastStepEncodeMs: 0, lastStepReplayMs: 0, dispatches: 0, arenaBytes: 0, constBytes: 0 };
+  readonly stats: EngineStats = { compiles: 0, lastStepHostMs: 0, lastStepEncodeMs: 0, lastStepReplayMs: 0, dispatches: 0, pipelineSwitches: 0, arenaBytes: 0, constBytes: 0 };
   private current: Ops<Sym> = this.builder;
   private readonly cache = new Map<string, CachedPlan>();
   private readonly limits: KernelLimits;
@@ -226,7 +231,10 @@ export class CompiledEngine {
     this.stats.dispatches = plan.dispatches.length;
     this.stats.arenaBytes = plan.memory.arenaBytes;
     this.stats.constBytes = plan.memory.constBytes;
-    return compilePlan(this.device, plan, { carry, submit: this.submit }).then((compiled) => ({ compiled, plan }));
+    return compilePlan(this.device, plan, { carry, submit: this.submit }).then((compiled) => {
+      this.stats.pipelineSwitches = compiled.stats.pipelineSwitches;
+      return { compiled, plan };
+    });
   }
 
   destroy(): void {
@@ -241,6 +249,11 @@ interface LoopStructure {
   forward: Recording<{ loss: Sym; reads: Record<string, Sym> }>;
   grad: Sym;
   update: Recording<Record<string, Sym>>;
+  /** The step data's input nodes, and the signature (names, dtypes, shapes) they were traced for. */
+  data: Record<string, Sym>;
+  dataSignature: string;
+  /** Step data names the plan reads (an input no node uses is dropped from the plan). */
+  dataInputs: Array<{ key: string; input: string }>;
   compiled: CompiledGraph;
   /** Builder node id -> extracted graph node id, for the constants a replay changes. */
   newId: Int32Array;
@@ -265,15 +278,17 @@ export class CompiledLoop implements TrainingLoop {
     this.hostState = state;
   }
 
-  private async build(state: Record<string, HostTensor>): Promise<LoopStructure> {
+  private async build(state: Record<string, HostTensor>, stepData: Record<string, HostData>): Promise<LoopStructure> {
     const b = this.engine.builder;
     const keys = Object.keys(state).sort();
     const tag = `loop${this.id}.${++this.compiles}`;
     const inputs: Record<string, Sym> = {};
     for (const k of keys) inputs[k] = b.input(`${tag}:${k}`, state[k].shape);
-    const forward = b.record((o) => this.engine.withOps(o, () => this.spec.forward(o, inputs)));
+    const data: Record<string, Sym> = {};
+    for (const [k, v] of Object.entries(stepData)) data[k] = b.input(`${tag}:data:${k}`, v.shape, v.data instanceof Int32Array ? 'i32' : 'f32');
+    const forward = b.record((o) => this.engine.withOps(o, () => this.spec.forward(o, inputs, data)));
     const grad = gradient(b, forward.value.loss, inputs[this.spec.wrt]);
-    const update = b.record((o) => this.engine.withOps(o, () => this.spec.update(o, inputs, grad)));
+    const update = b.record((o) => this.engine.withOps(o, () => this.spec.update(o, inputs, grad, data)));
     const next = update.value;
     const nextKeys = Object.keys(next).sort();
     const steady = nextKeys.length === keys.length && nextKeys.every((k, i) => k === keys[i] && sameShape(next[k].shape, inputs[k].shape));
@@ -286,10 +301,21 @@ export class CompiledLoop implements TrainingLoop {
     const carry: Record<string, string> = {};
     if (steady) for (const k of keys) if (newId[inputs[k].id] >= 0) carry[`${tag}:${k}`] = `next:${k}`;
     const { compiled } = await this.engine.compileGraph(graph, carry);
+    const dataInputs = Object.keys(data)
+      .filter((k) => newId[data[k].id] >= 0)
+      .map((key) => ({ key, input: `${tag}:data:${key}` }));
     const first: Record<string, Data> = {};
     for (const k of keys) if (newId[inputs[k].id] >= 0) first[`${tag}:${k}`] = state[k].data;
+    for (const { key, input } of dataInputs) first[input] = stepData[key].data;
     compiled.run(first);
-    return { keys, inputs, forward, grad, update, compiled, newId, steady };
+    return { keys, inputs, forward, grad, update, data, dataSignature: dataSignature(stepData), dataInputs, compiled, newId, steady };
+  }
+
+  /** Runs a built structure with this step's data (no tracing, no replay). */
+  private runWithData(s: LoopStructure, stepData: Record<string, HostData>): void {
+    const inputs: Record<string, Data> = {};
+    for (const { key, input } of s.dataInputs) inputs[input] = stepData[key].data;
+    s.compiled.run(inputs);
   }
 
   /**
@@ -298,12 +324,25 @@ export class CompiledLoop implements TrainingLoop {
    */
   async step(): Promise<{ loss: number; reads: Record<string, Float32Array>; grad?: Float32Array }> {
     const t0 = performance.now();
+    const stepData = this.spec.data?.() ?? {};
     let s = this.structure;
     let ran = false;
-    if (s && s.steady) {
+    if (s && s.steady && this.spec.data) {
+      if (s.dataSignature === dataSignature(stepData)) {
+        const tData = performance.now();
+        this.runWithData(s, stepData);
+        ran = true;
+        this.stats(t0, tData, s.compiled);
+      } else {
+        // Step data of other names or shapes: the traced functions would make other ops.
+        this.hostState = await this.readState();
+        s.compiled.destroy();
+        this.structure = s = undefined;
+      }
+    } else if (s && s.steady) {
       const b = this.engine.builder;
-      const f = b.replay(s.forward, (o) => this.engine.withOps(o, () => this.spec.forward(o, s!.inputs)));
-      const u = f.ok ? b.replay(s.update, (o) => this.engine.withOps(o, () => this.spec.update(o, s!.inputs, s!.grad))) : f;
+      const f = b.replay(s.forward, (o) => this.engine.withOps(o, () => this.spec.forward(o, s!.inputs, s!.data)));
+      const u = f.ok ? b.replay(s.update, (o) => this.engine.withOps(o, () => this.spec.update(o, s!.inputs, s!.grad, s!.data))) : f;
       const tReplay = performance.now();
       if (f.ok && u.ok) {
         for (const consts of [f.consts, u.consts]) {
@@ -324,7 +363,7 @@ export class CompiledLoop implements TrainingLoop {
     }
     if (!ran) {
       const state = this.hostState!;
-      s = this.structure = await this.build(state);
+      s = this.structure = await this.build(state, stepData);
       this.hostState = undefined;
       this.stats(t0, t0, s.compiled);
       if (!s.steady) {
@@ -367,6 +406,14 @@ export class CompiledLoop implements TrainingLoop {
     this.structure?.compiled.destroy();
     this.structure = undefined;
   }
+}
+
+/** Names, dtypes and shapes of a step's data: equal signatures trace to the same ops. */
+function dataSignature(d: Record<string, HostData>): string {
+  return Object.keys(d)
+    .sort()
+    .map((k) => `${k}:${d[k].data instanceof Int32Array ? 'i32' : 'f32'}[${d[k].shape.join(',')}]`)
+    .join(';');
 }
 
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);

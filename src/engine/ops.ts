@@ -149,19 +149,40 @@ export interface HostValue {
   shape: number[];
 }
 
+/** Host data of a float32 or int32 tensor (a step's data, see LoopSpec.data). */
+export interface HostData {
+  data: Float32Array | Int32Array;
+  shape: number[];
+}
+
+/** Named host data as tensors of `o` (constants): how an eager engine feeds a step's data to its functions. */
+export function dataTensors<T>(o: Ops<T>, data: Record<string, HostData>): Record<string, T> {
+  const out: Record<string, T> = {};
+  for (const [k, v] of Object.entries(data)) out[k] = v.data instanceof Int32Array ? o.constantInt(v.data, v.shape) : o.constant(v.data, v.shape);
+  return out;
+}
+
 /** One training step for a compiled engine: a forward with a scalar loss, differentiated w.r.t. state[wrt], and the update. */
 export interface LoopSpec<T> {
   wrt: string;
+  /**
+   * The step's data: everything that changes from step to step besides the state (crop indices, warp parameters,
+   * random seeds, step-dependent scalars), made on the host without running any op. It is called once per step;
+   * forward and update receive it as tensors. With it, a compiled loop traces forward and update once and each step
+   * only uploads this data (and traces again when its names, shapes or dtypes change). Without it, every step re-runs
+   * forward and update on a replay recorder to collect the constants that changed (slower: the functions' host time).
+   */
+  data?(): Record<string, HostData>;
   /** The loss and the values to read back after each step (e.g. the per-prompt losses). */
-  forward(o: Ops<T>, state: Record<string, T>): { loss: T; reads: Record<string, T> };
+  forward(o: Ops<T>, state: Record<string, T>, data: Record<string, T>): { loss: T; reads: Record<string, T> };
   /** The next state; it may add keys (an optimiser's buffers appear after its first step). */
-  update(o: Ops<T>, state: Record<string, T>, grad: T): Record<string, T>;
+  update(o: Ops<T>, state: Record<string, T>, grad: T, data: Record<string, T>): Record<string, T>;
   /** Also read the gradient back each step (tests). */
   readGrad?: boolean;
 }
 
 export interface TrainingLoop {
-  /** Runs one step; the functions of the spec are called again (they may make new constants each step). */
+  /** Runs one step (see LoopSpec.data for what is re-run on the host). */
   step(): Promise<{ loss: number; reads: Record<string, Float32Array>; grad?: Float32Array }>;
   /** The state after the last step, on the host. */
   readState(): Promise<Record<string, HostValue>>;

@@ -17,14 +17,17 @@
 //   - 'Sh' (sharpness), 'Et' (elastic) and 'Ts' (thin-plate spline) are not implemented: a UserError says so.
 // The warp gathers four taps per output pixel with gatherRows, so its gradient is a scatter-add into the input.
 //
-// The ops an augmentation makes depend only on its settings and the batch size, never on its random draws (a
-// compiled plan traced once replays every step with new data): a sample that its coin skips gets identity
-// parameters (identity taps, colour matrix I, noise 0), a skipped erase an all-ones mask, and ColorJitter's random
+// Two halves, so that a compiled step uploads only a few small arrays per step: `drawAugment` makes every random
+// choice on the host as named step data (per-sample 3x3 matrices and flags, colour matrices, an erase mask, noise
+// seeds), and `applyAugment` is the ops, which depend only on the settings, the batch size and the data's shapes,
+// never on the draws. The warp's sampling positions, taps and weights are computed by ops from the matrices (on the
+// GPU for a compiled step), the noise by o.randomNormal from a seed. A sample that its coin skips gets identity
+// parameters (identity matrix, colour matrix I, noise 0), a skipped erase an all-ones mask, and ColorJitter's random
 // order is data too: each enabled transform is one slot clamp(M y + k mean(grey(y))), and the drawn order decides
 // which transform's parameters (M, k) each slot gets. One consequence: a jitter that skips every sample of the batch
 // still clamps to [0, 1] (as skipped samples of a batch with jittered ones always were).
 import { UserError } from '../cli/errors.ts';
-import type { Ops } from '../engine/ops.ts';
+import { dataTensors, type HostData, type Ops } from '../engine/ops.ts';
 import type { Rng } from '../util/rng.ts';
 
 export const AUGMENT_NAMES = ['Ji', 'Gn', 'Pe', 'Ro', 'Af', 'Cr', 'Er', 'Re'] as const;
@@ -86,42 +89,109 @@ export function augmentSpecs(names: readonly string[], variant: 'latest' | 'nrup
 
 const isGeometric = (s: AugmentSpec) => s.kind === 'affine' || s.kind === 'perspective' || s.kind === 'resizedCrop';
 
+/** Step data: named host arrays (see drawAugment). */
+export type StepData = Record<string, HostData>;
+
 /**
- * Applies `specs` in order to `x` ([1, S, S, C], shared by all n cutouts, or [n, S, S, C]); returns [n, S, S, C].
- * Each spec draws from its own fork of `rng`, so changing one augmentation never changes another's draws.
+ * The augmentations' plan over `specs`: runs of consecutive geometric specs (one warp each) and single photometric
+ * specs, with the batch size of the tensor each one receives (1 = the image shared by all n samples).
  */
-export function augment<T>(o: Ops<T>, x: T, n: number, specs: readonly AugmentSpec[], rng: Rng): T {
+function augmentPlan(specs: readonly AugmentSpec[], n: number, n0: number): Array<{ at: number; run: AugmentSpec[]; batchIn: number }> {
+  const out: Array<{ at: number; run: AugmentSpec[]; batchIn: number }> = [];
+  let batch = n0;
+  for (let i = 0; i < specs.length; ) {
+    const at = i;
+    const run: AugmentSpec[] = [];
+    if (isGeometric(specs[i])) while (i < specs.length && isGeometric(specs[i])) run.push(specs[i++]);
+    else run.push(specs[i++]);
+    out.push({ at, run, batchIn: batch });
+    const kind = run[0].kind;
+    if (isGeometric(run[0]) || kind === 'jitter' || kind === 'gaussianNoise') batch = n;
+  }
+  return out;
+}
+
+/** One rng per spec: forked by name (a repeated name gets '#2', '#3'...), so one augmentation never changes another's draws. */
+function specForks(specs: readonly AugmentSpec[], rng: Rng): Rng[] {
   const seen = new Map<string, number>();
-  const forks = specs.map((s) => {
+  return specs.map((s) => {
     const k = (seen.get(s.name) ?? 0) + 1;
     seen.set(s.name, k);
     return rng.fork(k === 1 ? s.name : `${s.name}#${k}`);
   });
+}
+
+/**
+ * Every random choice of `specs` applied to n samples of an [n0, H, W, C] batch (n0 = 1: one image shared by all),
+ * as step data for applyAugment. Each spec draws from its own fork of `rng`.
+ */
+export function drawAugment(specs: readonly AugmentSpec[], n: number, shape: { n0: number; h: number; w: number; c: number }, rng: Rng): StepData {
+  const forks = specForks(specs, rng);
+  const out: StepData = {};
+  for (const { at, run, batchIn } of augmentPlan(specs, n, shape.n0)) {
+    const put = (d: StepData, prefix: string) => {
+      for (const [k, v] of Object.entries(d)) out[`${prefix}${at}.${k}`] = v;
+    };
+    if (isGeometric(run[0])) {
+      const perSample = Array.from({ length: n }, () => [] as Array<WarpStage | null>);
+      run.forEach((spec, j) => {
+        for (let b = 0; b < n; b++) {
+          const st = drawStage(spec, forks[at + j], shape.h, shape.w);
+          perSample[b].push(st ? { inv: invert3(st.m), padding: st.padding } : null);
+        }
+      });
+      put(warpData(perSample, run.length), 'warp');
+    } else put(drawPhotometric(run[0], n, batchIn, shape.h, shape.w, shape.c, forks[at]), 'photo');
+  }
+  return out;
+}
+
+/** Applies `specs` in order to `x` ([1, S, S, C], shared by all n cutouts, or [n, S, S, C]) with drawAugment's data; returns [n, S, S, C]. */
+export function applyAugment<T>(o: Ops<T>, x: T, n: number, specs: readonly AugmentSpec[], d: Record<string, T>): T {
   let out = x;
-  for (let i = 0; i < specs.length; ) {
-    if (isGeometric(specs[i])) {
-      const run: { spec: AugmentSpec; rng: Rng }[] = [];
-      for (; i < specs.length && isGeometric(specs[i]); i++) run.push({ spec: specs[i], rng: forks[i] });
-      out = warp(o, out, n, run);
-    } else {
-      out = photometric(o, out, n, specs[i], forks[i]);
-      i++;
-    }
+  for (const { at, run } of augmentPlan(specs, n, o.shape(x)[0])) {
+    if (isGeometric(run[0])) out = applyWarp(o, out, n, run.length, prefixed(d, `warp${at}.`));
+    else out = applyPhotometric(o, out, n, run[0], prefixed(d, `photo${at}.`));
   }
   return o.shape(out)[0] === n ? out : o.concat(Array.from({ length: n }, () => out), 0);
 }
 
-/** generate.py's final noise: x + U(0, noiseFac) * N(0, 1), one factor per cutout. */
-export function addCutoutNoise<T>(o: Ops<T>, x: T, noiseFac: number, rng: Rng): T {
-  if (!noiseFac) return x;
-  const [n, h, w, c] = o.shape(x);
-  const per = h * w * c;
-  const noise = new Float32Array(n * per);
-  for (let b = 0; b < n; b++) {
-    const fac = rng.uniformRange(0, noiseFac);
-    for (let i = 0; i < per; i++) noise[b * per + i] = fac * rng.normal();
-  }
-  return o.add(x, o.constant(noise, [n, h, w, c]));
+/** Applies `specs` in order to `x` with fresh draws from `rng` (drawAugment + applyAugment). */
+export function augment<T>(o: Ops<T>, x: T, n: number, specs: readonly AugmentSpec[], rng: Rng): T {
+  const [n0, h, w, c] = o.shape(x);
+  return applyAugment(o, x, n, specs, dataTensors(o, drawAugment(specs, n, { n0, h, w, c }, rng)));
+}
+
+/** The entries of `d` whose names start with `prefix`, without it. */
+export function prefixed<T>(d: Record<string, T>, prefix: string): Record<string, T> {
+  const out: Record<string, T> = {};
+  for (const [k, v] of Object.entries(d)) if (k.startsWith(prefix)) out[k.slice(prefix.length)] = v;
+  return out;
+}
+
+/** The step data's entry `key`, or an error naming what is missing (data drawn for other settings). */
+export function need<T>(d: Record<string, T>, key: string): T {
+  const v = d[key];
+  if (v === undefined) throw new Error(`step data has no '${key}' (drawn for other settings?)`);
+  return v;
+}
+
+/** generate.py's final noise: x + U(0, noiseFac) * N(0, 1), one factor per cutout; the data of addCutoutNoise. */
+export function drawCutoutNoise(noiseFac: number, n: number, rng: Rng): StepData {
+  if (!noiseFac) return {};
+  const fac = Float32Array.from({ length: n }, () => rng.uniformRange(0, noiseFac));
+  return { seed: { data: drawSeed(rng), shape: [2] }, fac: { data: fac, shape: [n, 1, 1, 1] } };
+}
+
+/** x + fac * N(0, 1) with drawCutoutNoise's data (no data: x). */
+export function addCutoutNoise<T>(o: Ops<T>, x: T, d: Record<string, T>): T {
+  if (!('seed' in d)) return x;
+  return o.add(x, o.mul(o.randomNormal(need(d, 'seed'), o.shape(x)), need(d, 'fac')));
+}
+
+/** A seed for o.randomNormal. */
+function drawSeed(rng: Rng): Int32Array {
+  return Int32Array.of(rng.uint32() | 0, rng.uint32() | 0);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -229,138 +299,168 @@ function drawCropSize(rng: Rng, h: number, w: number, scale: [number, number], r
   return [w, h];
 }
 
-/** Bilinear tap weights at (x, y) with zero padding: [index, weight] x 4 (index -1 for taps off the image). */
-function taps(x: number, y: number, h: number, w: number, out: Float64Array, idx: Int32Array): void {
-  const x0 = Math.floor(x);
-  const y0 = Math.floor(y);
-  const fx = x - x0;
-  const fy = y - y0;
-  const cand = [
-    [x0, y0, (1 - fx) * (1 - fy)],
-    [x0 + 1, y0, fx * (1 - fy)],
-    [x0, y0 + 1, (1 - fx) * fy],
-    [x0 + 1, y0 + 1, fx * fy],
-  ];
-  for (let k = 0; k < 4; k++) {
-    const [cx, cy, wt] = cand[k];
-    const inside = cx >= 0 && cx < w && cy >= 0 && cy < h;
-    idx[k] = inside ? cy * w + cx : -1;
-    out[k] = inside ? wt : 0;
-  }
-}
-
 /** One applied geometric stage: the inverse of its matrix (output -> input coordinates) and its padding. */
 export interface WarpStage {
   inv: Mat3;
   padding: Padding;
 }
 
-/** Draws a run of geometric augmentations for n samples and applies it as one resampling. */
-function warp<T>(o: Ops<T>, x: T, n: number, run: { spec: AugmentSpec; rng: Rng }[]): T {
-  const [, h, w] = o.shape(x);
-  const stages = Array.from({ length: n }, () => [] as WarpStage[]);
-  for (const { spec, rng } of run) {
+/**
+ * The warp's step data for n samples with `slots` stage slots each (perSample[b][s]: the stage in slot s, null or
+ * absent = not applied): per slot, the inverse matrix's entries m0..m8 as [n, 1] columns, and per-sample flags:
+ * `cover` = 1 where an applied zero-padding stage has an applied stage before it (its intermediate image's zero
+ * padding then scales the result by the bilinear coverage of the position), `border` = 1 where an applied stage
+ * clamps positions to the image. A slot not applied has the identity matrix and both flags 0.
+ */
+export function warpData(perSample: Array<Array<WarpStage | null>>, slots: number): StepData {
+  const n = perSample.length;
+  const out: StepData = {};
+  for (let s = 0; s < slots; s++) {
+    const m = Array.from({ length: 9 }, () => new Float32Array(n));
+    const cover = new Float32Array(n);
+    const border = new Float32Array(n);
     for (let b = 0; b < n; b++) {
-      const st = drawStage(spec, rng, h, w);
-      if (st) stages[b].push({ inv: invert3(st.m), padding: st.padding });
+      const st = perSample[b][s] ?? null;
+      const inv = st ? st.inv : IDENTITY3;
+      for (let k = 0; k < 9; k++) m[k][b] = inv[k];
+      if (st?.padding === 'border') border[b] = 1;
+      else if (st && perSample[b].slice(0, s).some((p) => p)) cover[b] = 1;
     }
+    m.forEach((col, k) => (out[`s${s}.m${k}`] = { data: col, shape: [n, 1] }));
+    out[`s${s}.cover`] = { data: cover, shape: [n, 1] };
+    out[`s${s}.border`] = { data: border, shape: [n, 1] };
   }
-  return warpBatch(o, x, stages);
+  return out;
+}
+
+// Pixel coordinate grids [1, H * W] (x = column, y = row), one array per size: a replay sees the same constant.
+const grids = new Map<string, { x: Float32Array; y: Float32Array }>();
+
+function pixelGrid(h: number, w: number): { x: Float32Array; y: Float32Array } {
+  const key = `${h}x${w}`;
+  let g = grids.get(key);
+  if (!g) {
+    g = { x: new Float32Array(h * w), y: new Float32Array(h * w) };
+    for (let i = 0; i < h * w; i++) {
+      g.x[i] = i % w;
+      g.y[i] = Math.floor(i / w);
+    }
+    if (grids.size >= 8) grids.delete(grids.keys().next().value!);
+    grids.set(key, g);
+  }
+  return g;
+}
+
+/**
+ * Resamples each sample b of `x` ([1 or n, H, W, C]; 1 = shared) through its stage slots with warpData's data:
+ * output pixel p comes from position inv_0(inv_1(... inv_{S-1}(p))) with bilinear taps (grid_sample bilinear,
+ * align_corners=True pixel coordinates, zero padding), scaled by the coverage of zero-padded intermediate stages
+ * (and 0 where a homography sends the point behind the camera, w <= 1e-12); returns [n, H, W, C]. Positions,
+ * taps, indices and weights are ops on [n, H * W] tensors (float32; a compiled step computes them on the GPU).
+ */
+function applyWarp<T>(o: Ops<T>, x: T, n: number, slots: number, d: Record<string, T>): T {
+  const [n0, h, w, c] = o.shape(x);
+  const hw = h * w;
+  const grid = pixelGrid(h, w);
+  let qx = o.constant(grid.x, [1, hw]);
+  let qy = o.constant(grid.y, [1, hw]);
+  let cover: T | undefined;
+  const times = (a: T | undefined, b: T) => (a ? o.mul(a, b) : b);
+  // The fraction of the bilinear support of positions v (along an axis of length len) inside the image; for integer
+  // positions, whether they are inside.
+  const coverage = (v: T, len: number) => o.mul(o.clamp(o.addScalar(v, 1), 0, 1), o.clamp(o.addScalar(o.neg(v), len), 0, 1));
+  for (let s = slots - 1; s >= 0; s--) {
+    const m = Array.from({ length: 9 }, (_, k) => need(d, `s${s}.m${k}`));
+    const affine = (a: T, b: T, k: T) => o.add(o.add(o.mul(a, qx), o.mul(b, qy)), k);
+    const z = affine(m[6], m[7], m[8]);
+    // z <= 1e-12 (behind the camera): no contribution; dividing by at least 1e-12 and bounding the positions keeps
+    // the arithmetic finite so that the zero weight stays zero.
+    cover = times(cover, o.clamp(o.floor(o.scale(z, 1e12)), 0, 1));
+    const zz = o.maximum(z, o.constant(Float32Array.of(1e-12), []));
+    let nx = o.clamp(o.div(affine(m[0], m[1], m[2]), zz), -1e6, 1e6);
+    let ny = o.clamp(o.div(affine(m[3], m[4], m[5]), zz), -1e6, 1e6);
+    const border = need(d, `s${s}.border`);
+    nx = o.add(nx, o.mul(border, o.sub(o.clamp(nx, 0, w - 1), nx)));
+    ny = o.add(ny, o.mul(border, o.sub(o.clamp(ny, 0, h - 1), ny)));
+    const flag = need(d, `s${s}.cover`);
+    cover = times(cover, o.addScalar(o.mul(flag, o.addScalar(o.mul(coverage(nx, w), coverage(ny, h)), -1)), 1));
+    qx = nx;
+    qy = ny;
+  }
+  // Bilinear taps at (qx, qy); taps off the image get weight 0 (and any valid index).
+  const x0 = o.floor(qx);
+  const y0 = o.floor(qy);
+  const fx = o.sub(qx, x0);
+  const fy = o.sub(qy, y0);
+  const axis = (v0: T, f: T, len: number) =>
+    [0, 1].map((dv) => {
+      const v = dv ? o.addScalar(v0, 1) : v0;
+      const wt = o.mul(dv ? f : o.addScalar(o.neg(f), 1), coverage(v, len)); // for an integer v: 1 inside, 0 outside
+      return { wt, at: o.clamp(v, 0, len - 1) };
+    });
+  const xs = axis(x0, fx, w);
+  const ys = axis(y0, fy, h);
+  const base = new Float32Array(n);
+  if (n0 !== 1) for (let b = 0; b < n; b++) base[b] = b * hw;
+  const baseT = o.constant(base, [n, 1]);
+  const table = o.reshape(x, [n0 * hw, c]);
+  let sum: T | undefined;
+  for (let k = 0; k < 4; k++) {
+    const tx = xs[k & 1];
+    const ty = ys[k >> 1];
+    const index = o.toInt(o.reshape(o.add(baseT, o.add(o.scale(ty.at, w), tx.at)), [n * hw]));
+    const weight = o.reshape(times(cover, o.mul(tx.wt, ty.wt)), [n * hw, 1]);
+    const g = o.mul(o.gatherRows(table, index), weight);
+    sum = sum ? o.add(sum, g) : g;
+  }
+  return o.reshape(sum!, [n, h, w, c]);
 }
 
 /**
  * Resamples each sample b of `x` ([1 or n, H, W, C]; 1 = shared) through its stages (applied first to last; the
  * output pixel p comes from position inv_1(... inv_k(p))) with bilinear taps; returns [n, H, W, C]. A sample without
- * stages is copied (one tap of weight 1): the ops are the same whatever the stages.
+ * stages is copied: the ops are the same whatever the stages (for a given largest number of stages).
  */
 export function warpBatch<T>(o: Ops<T>, x: T, stages: WarpStage[][]): T {
-  const [n0, h, w, c] = o.shape(x);
-  const n = stages.length;
-
-  const hw = h * w;
-  const index = Array.from({ length: 4 }, () => new Int32Array(n * hw));
-  // Weights repeated per channel: an elementwise product of equal shapes (broadcasting is slow on wasm).
-  const weight = Array.from({ length: 4 }, () => new Float32Array(n * hw * c));
-  const tw = new Float64Array(4);
-  const ti = new Int32Array(4);
-  for (let b = 0; b < n; b++) {
-    const base = (n0 === 1 ? 0 : b) * hw;
-    const st = stages[b];
-    for (let py = 0; py < h; py++) {
-      for (let px = 0; px < w; px++) {
-        let qx = px;
-        let qy = py;
-        let cover = 1;
-        for (let s = st.length - 1; s >= 0; s--) {
-          const m = st[s].inv;
-          const z = m[6] * qx + m[7] * qy + m[8];
-          if (!(z > 1e-12)) {
-            cover = 0;
-            break;
-          }
-          const nx = (m[0] * qx + m[1] * qy + m[2]) / z;
-          const ny = (m[3] * qx + m[4] * qy + m[5]) / z;
-          qx = nx;
-          qy = ny;
-          if (st[s].padding === 'border') {
-            qx = Math.min(Math.max(qx, 0), w - 1);
-            qy = Math.min(Math.max(qy, 0), h - 1);
-          } else if (s > 0) {
-            // Zero padding of an intermediate image: the fraction of this position's bilinear support inside it.
-            taps(qx, qy, h, w, tw, ti);
-            cover *= tw[0] + tw[1] + tw[2] + tw[3];
-          }
-        }
-        const p = b * hw + py * w + px;
-        if (cover === 0) {
-          for (let k = 0; k < 4; k++) index[k][p] = base;
-          continue;
-        }
-        taps(qx, qy, h, w, tw, ti);
-        for (let k = 0; k < 4; k++) {
-          index[k][p] = base + Math.max(ti[k], 0);
-          weight[k].fill(tw[k] * cover, p * c, (p + 1) * c);
-        }
-      }
-    }
-  }
-  const table = o.reshape(x, [n0 * hw, c]);
-  let sum: T | undefined;
-  for (let k = 0; k < 4; k++) {
-    const g = o.mul(o.gatherRows(table, o.constantInt(index[k], [n * hw])), o.constant(weight[k], [n * hw, c]));
-    sum = sum ? o.add(sum, g) : g;
-  }
-  return o.reshape(sum!, [n, h, w, c]);
+  const slots = Math.max(1, ...stages.map((st) => st.length));
+  return applyWarp(o, x, stages.length, slots, dataTensors(o, warpData(stages, slots)));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Photometric augmentations
 
 const GREY = [0.2989, 0.587, 0.114]; // torchvision rgb_to_grayscale
+const GREY_DATA = Float32Array.from(GREY);
 
 /**
- * Per-sample 3x3 colour matrices [n * 9] (out_c = sum_k m[c][k] x_k) applied to an NHWC batch ([1 or n, h, w, 3]),
- * as matmuls (a concat along the channel axis is very slow on wasm).
+ * Per-sample 3x3 colour matrices [n * 9] (out_c = sum_k m[c][k] x_k) as the step data of colorMatrix for a batch of
+ * n0 samples: [3, n * 3] side by side when one image is shared (n0 = 1), else [n, 3, 3] (transposed per sample).
  */
-function colorMatrix<T>(o: Ops<T>, x: T, mats: Float32Array, n: number): T {
-  const [n0, h, w] = o.shape(x);
+function colorMatrixData(mats: Float32Array, n: number, n0: number): HostData {
   const t = new Float32Array(n * 9); // per sample the transposed matrix: [k][c]
   for (let b = 0; b < n; b++) for (let c = 0; c < 3; c++) for (let k = 0; k < 3; k++) t[b * 9 + k * 3 + c] = mats[b * 9 + c * 3 + k];
+  if (n0 !== 1) return { data: t, shape: [n, 3, 3] };
+  const side = new Float32Array(3 * n * 3);
+  for (let b = 0; b < n; b++) for (let k = 0; k < 3; k++) for (let c = 0; c < 3; c++) side[k * n * 3 + b * 3 + c] = t[b * 9 + k * 3 + c];
+  return { data: side, shape: [3, n * 3] };
+}
+
+/** Colour matrices (colorMatrixData) applied to an NHWC batch ([1 or n, h, w, 3]) as matmuls (a concat along the channel axis is very slow on wasm). */
+function colorMatrix<T>(o: Ops<T>, x: T, mats: T, n: number): T {
+  const [n0, h, w] = o.shape(x);
   if (n0 === 1) {
     // One image, n matrices side by side: [hw, 3] @ [3, n * 3].
-    const side = new Float32Array(3 * n * 3);
-    for (let b = 0; b < n; b++) for (let k = 0; k < 3; k++) for (let c = 0; c < 3; c++) side[k * n * 3 + b * 3 + c] = t[b * 9 + k * 3 + c];
-    const y = o.matmul(o.reshape(x, [h * w, 3]), o.constant(side, [3, n * 3]));
+    const y = o.matmul(o.reshape(x, [h * w, 3]), mats);
     return o.reshape(o.transpose(o.reshape(y, [h * w, n, 3]), [1, 0, 2]), [n, h, w, 3]);
   }
-  return o.reshape(o.matmul(o.reshape(x, [n, h * w, 3]), o.constant(t, [n, 3, 3])), [n, h, w, 3]);
+  return o.reshape(o.matmul(o.reshape(x, [n, h * w, 3]), mats), [n, h, w, 3]);
 }
 
 const IDENTITY3: Mat3 = [1, 0, 0, 0, 1, 0, 0, 0, 1];
 
 /** The mean of each sample's grey image, [n, 1, 1, 1], as the grey value of its mean colour (one pass over x). */
-function meanGrey<T>(o: Ops<T>, x: T, grey: Float32Array): T {
-  return o.sum(o.mul(o.mean(x, [1, 2], true), o.constant(grey, [1, 1, 1, 3])), [3], true);
+function meanGrey<T>(o: Ops<T>, x: T): T {
+  return o.sum(o.mul(o.mean(x, [1, 2], true), o.constant(GREY_DATA, [1, 1, 1, 3])), [3], true);
 }
 
 /** Hue rotation by `turns` of a full circle as a 3x3 RGB matrix (rotation of I/Q in YIQ space). */
@@ -371,11 +471,14 @@ export function hueMatrix(turns: number): Mat3 {
   return mul3(invert3(T), mul3(R, T));
 }
 
-function photometric<T>(o: Ops<T>, x: T, n: number, spec: AugmentSpec, rng: Rng): T {
-  const [, h, w, c] = o.shape(x);
+/** The transforms of a jitter spec that are enabled (brightness, contrast, saturation, hue = 0..3), a static count. */
+const jitterEnabled = (spec: Extract<AugmentSpec, { kind: 'jitter' }>) => [spec.brightness, spec.contrast, spec.saturation, spec.hue];
+
+/** The random choices of one photometric spec for n samples of an [n0, h, w, c] batch. */
+function drawPhotometric(spec: AugmentSpec, n: number, n0: number, h: number, w: number, c: number, rng: Rng): StepData {
   switch (spec.kind) {
     case 'identity':
-      return x;
+      return {};
     case 'jitter': {
       if (c !== 3) throw new RangeError('colour jitter needs RGB images');
       const order = rng.permutation(4);
@@ -395,26 +498,27 @@ function photometric<T>(o: Ops<T>, x: T, n: number, spec: AugmentSpec, rng: Rng)
       // One slot per enabled transform, in the drawn order; every slot is clamp(M y + k meanGrey(y)) per sample:
       // brightness M = f I; contrast M = f I, k = 1 - f; saturation M = f I + (1 - f) [grey; grey; grey]; hue the
       // YIQ rotation. Skipped samples have factors 1 and hue 0, i.e. M = I, k = 0.
-      const enabled = [spec.brightness, spec.contrast, spec.saturation, spec.hue];
-      const grey = Float32Array.from(GREY);
-      let y = x;
-      for (const op of order.filter((t) => enabled[t] > 0)) {
-        const mats = new Float32Array(n * 9);
-        const k = new Float32Array(n);
-        for (let b = 0; b < n; b++) {
-          const m = mats.subarray(b * 9, (b + 1) * 9);
-          if (op === 3) m.set(hues[b] === 0 ? IDENTITY3 : hueMatrix(hues[b]));
-          else {
-            const f = [fb, fc, fs][op][b];
-            for (let r = 0; r < 3; r++) for (let q = 0; q < 3; q++) m[r * 3 + q] = (r === q ? f : 0) + (op === 2 ? (1 - f) * grey[q] : 0);
-            if (op === 1) k[b] = 1 - f;
+      const enabled = jitterEnabled(spec);
+      const out: StepData = {};
+      order
+        .filter((t) => enabled[t] > 0)
+        .forEach((op, slot) => {
+          const mats = new Float32Array(n * 9);
+          const k = new Float32Array(n);
+          for (let b = 0; b < n; b++) {
+            const m = mats.subarray(b * 9, (b + 1) * 9);
+            if (op === 3) m.set(hues[b] === 0 ? IDENTITY3 : hueMatrix(hues[b]));
+            else {
+              const f = [fb, fc, fs][op][b];
+              for (let r = 0; r < 3; r++) for (let q = 0; q < 3; q++) m[r * 3 + q] = (r === q ? f : 0) + (op === 2 ? (1 - f) * GREY[q] : 0);
+              if (op === 1) k[b] = 1 - f;
+            }
           }
-        }
-        let z = colorMatrix(o, y, mats, n);
-        if (spec.contrast > 0) z = o.add(z, o.mul(meanGrey(o, y, grey), o.constant(k, [n, 1, 1, 1])));
-        y = o.clamp(z, 0, 1);
-      }
-      return y;
+          // The first slot sees the input batch; later ones the jittered [n, ...] batch.
+          out[`t${slot}.m`] = colorMatrixData(mats, n, slot === 0 ? n0 : n);
+          if (spec.contrast > 0) out[`t${slot}.k`] = { data: k, shape: [n, 1, 1, 1] };
+        });
+      return out;
     }
     case 'erase': {
       // same_on_batch: one coin and one rectangle for every cutout.
@@ -429,14 +533,36 @@ function photometric<T>(o: Ops<T>, x: T, n: number, spec: AugmentSpec, rng: Rng)
       const y0 = Math.floor(rng.uniformRange(0, h - eh + 1));
       const mask = new Float32Array(h * w).fill(1);
       if (apply) for (let yy = y0; yy < y0 + eh; yy++) mask.fill(0, yy * w + x0, yy * w + x0 + ew);
-      return o.mul(x, o.constant(mask, [1, h, w, 1]));
+      return { mask: { data: mask, shape: [1, h, w, 1] } };
     }
     case 'gaussianNoise': {
-      const per = h * w * c;
-      const noise = new Float32Array(n * per);
-      for (let b = 0; b < n; b++) if (rng.bernoulli(spec.p)) rng.fork(b).fillNormal(noise.subarray(b * per, (b + 1) * per), 0, spec.std);
-      return o.add(x, o.constant(noise, [n, h, w, c]));
+      const on = Float32Array.from({ length: n }, () => (rng.bernoulli(spec.p) ? spec.std : 0));
+      return { seed: { data: drawSeed(rng), shape: [2] }, std: { data: on, shape: [n, 1, 1, 1] } };
     }
+    default:
+      throw new Error(`not a photometric augmentation: ${spec.kind}`);
+  }
+}
+
+function applyPhotometric<T>(o: Ops<T>, x: T, n: number, spec: AugmentSpec, d: Record<string, T>): T {
+  const [, h, w, c] = o.shape(x);
+  switch (spec.kind) {
+    case 'identity':
+      return x;
+    case 'jitter': {
+      const slots = jitterEnabled(spec).filter((v) => v > 0).length;
+      let y = x;
+      for (let slot = 0; slot < slots; slot++) {
+        let z = colorMatrix(o, y, need(d, `t${slot}.m`), n);
+        if (spec.contrast > 0) z = o.add(z, o.mul(meanGrey(o, y), need(d, `t${slot}.k`)));
+        y = o.clamp(z, 0, 1);
+      }
+      return y;
+    }
+    case 'erase':
+      return o.mul(x, need(d, 'mask'));
+    case 'gaussianNoise':
+      return o.add(x, o.mul(o.randomNormal(need(d, 'seed'), [n, h, w, c]), need(d, 'std')));
     default:
       throw new Error(`not a photometric augmentation: ${spec.kind}`);
   }

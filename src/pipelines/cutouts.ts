@@ -21,9 +21,10 @@
 //                   matrices are batched matmuls, which stock tfjs-wasm runs without XNNPACK (original ~4.9 s, latest
 //                   ~6.1 s, fast ~5.2 s with it); engine/wasm-kernels.ts runs them as 2-D XNNPACK matmuls per batch.
 // Every random choice comes from the rng handed in (forks 'boxes', 'augment', 'noise'), so a seed fixes the cutouts.
-// The random choices only ever become constant DATA: the ops a call makes (kinds, shapes, attrs) depend only on the
-// settings (method, cutn, cutSize, image size, augments, noise factor), so a compiled plan traced once replays
-// every step with new crops, warps and noise (test/cutouts-structure.test.ts).
+// Two halves: `drawCutouts` makes the random choices on the host as named step data (crop indices, warp matrices,
+// colour matrices, noise seeds: small arrays), `applyCutouts` is the ops, which depend only on the settings (method,
+// cutn, cutSize, image size, augments, noise factor) and the data's names and shapes. A compiled step is traced once
+// and each step uploads only the new data (test/cutouts-structure.test.ts); `makeCutouts` is both in one call.
 //
 // Resampling and pooling are written as matrices applied along H and W with matmul: resample = Bicubic (dh x h) @
 // Lanczos-with-reflect-padding (h x h), computed in float64 and rounded once; average pooling = window-averaging
@@ -32,9 +33,9 @@
 // matrices are widened to the whole image (zero outside the crop), so all crops are two fixed-shape matmuls; those
 // matrices are gathered from a constant table of every crop size's matrix columns by per-step int32 indices.
 import { UserError } from '../cli/errors.ts';
-import type { Ops } from '../engine/ops.ts';
+import { dataTensors, type Ops } from '../engine/ops.ts';
 import type { Rng } from '../util/rng.ts';
-import { addCutoutNoise, augment, augmentSpecs, UPDATED_POOLING_AUGMENTS } from './augment.ts';
+import { addCutoutNoise, applyAugment, augmentSpecs, drawAugment, drawCutoutNoise, need, prefixed, UPDATED_POOLING_AUGMENTS, type AugmentSpec, type StepData } from './augment.ts';
 
 export const CUT_METHODS = ['latest', 'original', 'updatedpooling', 'nrupdated', 'fast'] as const;
 /** generate.py's default --augments. */
@@ -61,30 +62,61 @@ export function parseCutMethod(text: string): CutMethod {
   throw new UserError(`unknown cut method '${text}'`, `choose one of ${CUT_METHODS.join(', ')}`);
 }
 
-/** The batch of cutouts [cutn, cutSize, cutSize, C] of `image` [1, H, W, C]. */
+/** The batch of cutouts [cutn, cutSize, cutSize, C] of `image` [1, H, W, C], with fresh draws from `rng`. */
 export function makeCutouts<T>(o: Ops<T>, image: T, cfg: CutoutConfig, rng: Rng): T {
-  const [, h, w] = o.shape(image);
-  const { cutSize, cutn } = cfg;
-  const noiseFac = cfg.noiseFac ?? 0.1;
+  const [, h, w, c] = o.shape(image);
+  return applyCutouts(o, image, cfg, dataTensors(o, drawCutouts(cfg, { h, w, c }, rng)));
+}
+
+/** The augmentations of a method that has them. */
+function methodAugments(cfg: CutoutConfig): AugmentSpec[] | undefined {
   switch (cfg.method) {
-    case 'original':
-      return makeCutoutsOrig(o, image, cutSize, drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize));
     case 'latest':
-    case 'updatedpooling': {
-      const specs = cfg.method === 'latest' ? augmentSpecs(cfg.augments ?? DEFAULT_AUGMENTS) : UPDATED_POOLING_AUGMENTS;
-      const pooled = poolToSize(o, image, cutSize);
-      return addCutoutNoise(o, augment(o, pooled, cutn, specs, rng.fork('augment')), noiseFac, rng.fork('noise'));
-    }
-    case 'nrupdated': {
-      const specs = augmentSpecs(cfg.augments ?? DEFAULT_AUGMENTS, 'nrupdated');
-      const cuts = cropAndResample(o, image, drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize), cutSize, 'resample');
-      return addCutoutNoise(o, augment(o, cuts, cutn, specs, rng.fork('augment')), noiseFac, rng.fork('noise'));
-    }
-    case 'fast': {
-      const cuts = cropAndResample(o, image, drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize), cutSize, 'bilinear');
-      return addCutoutNoise(o, cuts, noiseFac, rng.fork('noise'));
-    }
+      return augmentSpecs(cfg.augments ?? DEFAULT_AUGMENTS);
+    case 'updatedpooling':
+      return [...UPDATED_POOLING_AUGMENTS];
+    case 'nrupdated':
+      return augmentSpecs(cfg.augments ?? DEFAULT_AUGMENTS, 'nrupdated');
+    default:
+      return undefined;
   }
+}
+
+const cropKind = (m: CutMethod): CropKind => (m === 'fast' ? 'bilinear' : 'resample');
+const hasNoise = (m: CutMethod) => m !== 'original';
+
+/**
+ * Every random choice of the cutouts of an [1, h, w, c] image as step data for applyCutouts: crop boxes (drawn, or
+ * `boxes` when given) as crop indices, the augmentations' draws, the noise's seed and factors.
+ */
+export function drawCutouts(cfg: CutoutConfig, image: { h: number; w: number; c: number }, rng: Rng, boxes?: readonly CutBox[]): StepData {
+  const { h, w, c } = image;
+  const { cutSize, cutn } = cfg;
+  const out: StepData = {};
+  const put = (d: StepData, prefix: string) => {
+    for (const [k, v] of Object.entries(d)) out[`${prefix}${k}`] = v;
+  };
+  if (cfg.method !== 'latest' && cfg.method !== 'updatedpooling') {
+    const b = boxes ?? drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize);
+    if (b.length !== cutn) throw new RangeError(`${b.length} crop boxes for ${cutn} cutouts`);
+    put(cropData(b, cutSize, h, w, cropKind(cfg.method)), 'crop.');
+  }
+  const specs = methodAugments(cfg);
+  if (specs) put(drawAugment(specs, cutn, { n0: cfg.method === 'nrupdated' ? cutn : 1, h: cutSize, w: cutSize, c }, rng.fork('augment')), 'aug.');
+  if (hasNoise(cfg.method)) put(drawCutoutNoise(cfg.noiseFac ?? 0.1, cutn, rng.fork('noise')), 'noise.');
+  return out;
+}
+
+/** The cutouts [cutn, cutSize, cutSize, C] of `image` [1, H, W, C] with drawCutouts' data (as tensors). */
+export function applyCutouts<T>(o: Ops<T>, image: T, cfg: CutoutConfig, d: Record<string, T>): T {
+  const { cutSize, cutn } = cfg;
+  const specs = methodAugments(cfg);
+  let cuts: T;
+  if (cfg.method === 'latest' || cfg.method === 'updatedpooling') cuts = poolToSize(o, image, cutSize);
+  else cuts = applyCrops(o, image, cutSize, cutn, cropKind(cfg.method), prefixed(d, 'crop.'));
+  if (cfg.method === 'original') return o.clampWithGrad(cuts, 0, 1);
+  if (specs) cuts = applyAugment(o, cuts, cutn, specs, prefixed(d, 'aug.'));
+  return addCutoutNoise(o, cuts, prefixed(d, 'noise.'));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -114,26 +146,21 @@ export function drawOrigBoxes(rng: Rng, cutn: number, cutPow: number, h: number,
 
 /** MakeCutoutsOrig.forward with given boxes: crop, resample to cutSize, concatenate, clamp_with_grad(0, 1). */
 export function makeCutoutsOrig<T>(o: Ops<T>, image: T, cutSize: number, boxes: readonly CutBox[]): T {
-  return o.clampWithGrad(cropAndResample(o, image, boxes, cutSize, 'resample'), 0, 1);
+  const [, h, w] = o.shape(image);
+  return o.clampWithGrad(applyCrops(o, image, cutSize, boxes.length, 'resample', dataTensors(o, cropData(boxes, cutSize, h, w, 'resample'))), 0, 1);
 }
 
 /**
- * The crops of `image` [1, H, W, C] resampled to cutSize: [boxes.length, cutSize, cutSize, C]. Cutout b is
- * Ry_b . image . Rx_b^T per channel, where Ry_b = Resample(cutSize x size) . RowSelect(size x H, offsetY) (and Rx_b
- * likewise along W) is a [cutSize, H] matrix that is zero outside the crop's rows. The ops depend only on the number
- * of boxes, cutSize and the image size; the boxes are data (a compiled plan replays with new crops).
+ * The crops of `image` [1, H, W, C] resampled to cutSize: [cutn, cutSize, cutSize, C], with cropData's data. Cutout b
+ * is Ry_b . image . Rx_b^T per channel, where Ry_b = Resample(cutSize x size) . RowSelect(size x H, offsetY) (and
+ * Rx_b likewise along W) is a [cutSize, H] matrix that is zero outside the crop's rows. The ops depend only on cutn,
+ * cutSize, the image size and the data's form; the boxes are data (a compiled step runs with new crops).
  * Cost: the crop's matmuls widened to the whole image (about 1-2x their FLOPs for crops of half to all of it).
  */
-function cropAndResample<T>(o: Ops<T>, image: T, boxes: readonly CutBox[], cutSize: number, kind: CropKind): T {
+function applyCrops<T>(o: Ops<T>, image: T, cutSize: number, cutn: number, kind: CropKind, d: Record<string, T>): T {
   const [n, h, w, c] = o.shape(image);
   if (n !== 1) throw new RangeError(`cutouts of a batch of ${n} images (one image expected)`);
-  for (const b of boxes) {
-    if (b.offsetY < 0 || b.offsetX < 0 || b.offsetY + b.size > h || b.offsetX + b.size > w) {
-      throw new RangeError(`crop ${JSON.stringify(b)} outside a ${h}x${w} image`);
-    }
-  }
-  const cutn = boxes.length;
-  const { ry, rx } = cropMatrices(o, boxes, cutSize, h, w, kind);
+  const { ry, rx } = cropMatrices(o, d, cutSize, cutn, h, w, kind);
   // Along W first, for every cutout in one matmul (the image is shared): [cutn * cut, W] @ [W, H * C].
   const cols = o.reshape(o.transpose(o.reshape(image, [h, w, c]), [1, 0, 2]), [w, h * c]);
   const a = o.reshape(o.matmul(rx, cols), [cutn, cutSize, h, c]);
@@ -144,35 +171,36 @@ function cropAndResample<T>(o: Ops<T>, image: T, boxes: readonly CutBox[], cutSi
 
 type CropKind = 'resample' | 'bilinear';
 
-/** Crop tables larger than this (bytes) are not made; see cropMatrices. */
+/** Crop tables larger than this (bytes) are not made; see cropData. */
 const MAX_CROP_TABLE_BYTES = 64 * 2 ** 20;
 
 /**
- * The crops' matrices Ry [cutn, cutSize, H] and Rx [cutn * cutSize, W]. Their nonzero parts are the [cut, size]
- * matrices of the crop sizes, so they are GATHERED from a constant table (cropTable) by int32 indices: per step only
- * the indices are new data (cutn * (H + W) ints), and a compiled plan uploads the table once. Where the table would
- * be too big (short sides over 446 px at cut 224: 7.1 MB at 256 px, 95 MB at 512 px), or for boxes of a size
- * outside it (only hand-made ones: drawOrigBoxes stays inside), the matrices are built on the host each step
- * instead (2 x 7.3 MB of new constants at 256 px, 32 cutouts; 2 x 14.7 MB at 512 px): the same floats either way.
+ * The crops' step data. Their matrices Ry [cutn, cutSize, H] and Rx [cutn * cutSize, W] have as nonzero parts the
+ * [cut, size] matrices of the crop sizes, so they are GATHERED from a constant table (cropTable) by int32 indices:
+ * the data is the indices (`y` [cutn * H], `x` [cutn * W]: cutn * (H + W) ints), and a compiled plan uploads the
+ * table once. Where the table would be too big (short sides over 446 px at cut 224: 7.1 MB at 256 px, 95 MB at
+ * 512 px), or for boxes of a size outside it (only hand-made ones: drawOrigBoxes stays inside), the data is the
+ * matrices themselves (`ry`, `rx`; 2 x 7.3 MB at 256 px, 32 cutouts; 2 x 14.7 MB at 512 px): the same floats.
  */
-function cropMatrices<T>(o: Ops<T>, boxes: readonly CutBox[], cutSize: number, h: number, w: number, kind: CropKind): { ry: T; rx: T } {
+function cropData(boxes: readonly CutBox[], cutSize: number, h: number, w: number, kind: CropKind): StepData {
+  for (const b of boxes) {
+    if (b.offsetY < 0 || b.offsetX < 0 || b.offsetY + b.size > h || b.offsetX + b.size > w) {
+      throw new RangeError(`crop ${JSON.stringify(b)} outside a ${h}x${w} image`);
+    }
+  }
   const cutn = boxes.length;
-  const hi = Math.min(h, w);
-  const lo = Math.min(h, w, cutSize);
-  const rows = cropTableRows(lo, hi);
+  const { lo, hi, rows } = tableRange(cutSize, h, w);
   if (rows * cutSize * 4 <= MAX_CROP_TABLE_BYTES && boxes.every((b) => b.size >= lo && b.size <= hi)) {
-    const table = o.constant(cropTable(kind, cutSize, lo, hi), [rows, cutSize]);
     // Rows j of the image: the table row of the crop's column j - offset, or the zero row (the table's last).
-    const gathered = (side: number, offset: (b: CutBox) => number): T => {
+    const indices = (side: number, offset: (b: CutBox) => number): Int32Array => {
       const idx = new Int32Array(cutn * side).fill(rows - 1);
       boxes.forEach((b, k) => {
         const first = cropTableRows(lo, b.size - 1) - 1; // rows of the sizes below b.size
         for (let j = 0; j < b.size; j++) idx[k * side + offset(b) + j] = first + j;
       });
-      const t = o.gatherRows(table, o.constantInt(idx, [cutn * side])); // [cutn * side, cut]: the matrices' columns
-      return o.transpose(o.reshape(t, [cutn, side, cutSize]), [0, 2, 1]);
+      return idx;
     };
-    return { ry: gathered(h, (b) => b.offsetY), rx: o.reshape(gathered(w, (b) => b.offsetX), [cutn * cutSize, w]) };
+    return { y: { data: indices(h, (b) => b.offsetY), shape: [cutn * h] }, x: { data: indices(w, (b) => b.offsetX), shape: [cutn * w] } };
   }
   const ry = new Float32Array(cutn * cutSize * h);
   const rx = new Float32Array(cutn * cutSize * w);
@@ -184,7 +212,26 @@ function cropMatrices<T>(o: Ops<T>, boxes: readonly CutBox[], cutSize: number, h
       rx.set(row, (k * cutSize + i) * w + b.offsetX);
     }
   });
-  return { ry: o.constant(ry, [cutn, cutSize, h]), rx: o.constant(rx, [cutn * cutSize, w]) };
+  return { ry: { data: ry, shape: [cutn, cutSize, h] }, rx: { data: rx, shape: [cutn * cutSize, w] } };
+}
+
+/** Crop sizes the table holds (lo..hi) and its rows. */
+function tableRange(cutSize: number, h: number, w: number): { lo: number; hi: number; rows: number } {
+  const hi = Math.min(h, w);
+  const lo = Math.min(h, w, cutSize);
+  return { lo, hi, rows: cropTableRows(lo, hi) };
+}
+
+/** The crops' matrices Ry [cutn, cutSize, H] and Rx [cutn * cutSize, W] from cropData's data. */
+function cropMatrices<T>(o: Ops<T>, d: Record<string, T>, cutSize: number, cutn: number, h: number, w: number, kind: CropKind): { ry: T; rx: T } {
+  if (!('y' in d)) return { ry: need(d, 'ry'), rx: need(d, 'rx') };
+  const { lo, hi, rows } = tableRange(cutSize, h, w);
+  const table = o.constant(cropTable(kind, cutSize, lo, hi), [rows, cutSize]);
+  const gathered = (side: number, idx: T): T => {
+    const t = o.gatherRows(table, idx); // [cutn * side, cut]: the matrices' columns
+    return o.transpose(o.reshape(t, [cutn, side, cutSize]), [0, 2, 1]);
+  };
+  return { ry: gathered(h, need(d, 'y')), rx: o.reshape(gathered(w, need(d, 'x')), [cutn * cutSize, w]) };
 }
 
 /** Rows of the crop table for sizes lo..hi: one per column of each size's matrix, plus the zero row. */

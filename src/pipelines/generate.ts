@@ -12,13 +12,14 @@
 // 'cutouts'/<model>/<step>), image-prompt cutouts ('image-prompt'/<i>). Because a step's randomness depends only on
 // (seed, step), a run resumed from a saved state continues exactly as if it had never stopped.
 import { UserError } from '../cli/errors.ts';
-import type { Executor, HostValue, TrainingLoop } from '../engine/ops.ts';
+import { dataTensors, type Executor, type HostData, type HostValue, type TrainingLoop } from '../engine/ops.ts';
 import { encodeImagePixels, encodeText, inputResolution, sphericalDistance, type ClipConfig, type ClipWeights } from '../models/clip.ts';
 import { decode, downsamplingFactor, encode, quantize, vectorQuantizeST, type VqganConfig, type VqganWeights } from '../models/vqgan.ts';
 import { Rng } from '../util/rng.ts';
-import { makeCutouts, makeCutoutsOrig, type CutBox, type CutMethod } from './cutouts.ts';
-import { clampToRange, initialLatent, initWeightLoss, latentGrid, type InitKind } from './init.ts';
-import { initialOptimizerState, optimizerHyper, optimizerStep, stateTensors, type OptimizerName, type OptimizerState } from './optimizers.ts';
+import { prefixed } from './augment.ts';
+import { applyCutouts, drawCutouts, makeCutouts, type CutBox, type CutMethod, type CutoutConfig } from './cutouts.ts';
+import { clampToRange, initialLatent, initWeightFactor, initWeightLoss, latentGrid, type InitKind } from './init.ts';
+import { initialOptimizerState, optimizerHyper, optimizerScalars, optimizerStep, stateTensors, type OptimizerHyper, type OptimizerName, type OptimizerState } from './optimizers.ts';
 import { noisePromptEmbedding, parseNoisePrompt, parsePromptList, parseStory, storyPhraseAt, type PromptSpec } from './prompts.ts';
 
 export interface Tokenizer {
@@ -267,9 +268,33 @@ export class Generation<T> {
     for (const t of targets) t.embeds = await this.ex.settle(t.embeds);
   }
 
-  private cutoutConfig(m: GuideModel<T>) {
+  private cutoutConfig(m: GuideModel<T>): CutoutConfig {
     const s = this.settings;
-    return { method: s.cutMethod, cutSize: inputResolution(m.config), cutn: s.cutn, cutPow: s.cutPow, augments: s.augments, noiseFac: s.noiseFac };
+    // Fixed boxes are MakeCutoutsOrig's.
+    const method = this.options.fixedBoxes ? 'original' : s.cutMethod;
+    return { method, cutSize: inputResolution(m.config), cutn: s.cutn, cutPow: s.cutPow, augments: s.augments, noiseFac: s.noiseFac };
+  }
+
+  private get hyper(): OptimizerHyper {
+    return optimizerHyper(this.settings.optimizer, { lr: this.settings.lr });
+  }
+
+  /**
+   * Everything random or step-dependent of iteration i, drawn on the host (LoopSpec.data): per guide model its
+   * cutouts' data ('cut<m>.'), the optimiser's step scalars ('opt.'), the init-weight factor.
+   */
+  private stepData(i: number): Record<string, HostData> {
+    const out: Record<string, HostData> = {};
+    const put = (d: Record<string, HostData>, prefix: string) => {
+      for (const [k, v] of Object.entries(d)) out[`${prefix}${k}`] = v;
+    };
+    if (this.settings.initWeight) out.initWeight = initWeightFactor(i, this.settings.initWeight);
+    this.guides.forEach((m, mi) => {
+      const image = { h: this.sideY, w: this.sideX, c: 3 };
+      put(drawCutouts(this.cutoutConfig(m), image, this.rng.fork('cutouts').fork(mi).fork(i), this.options.fixedBoxes?.(i)), `cut${mi}.`);
+    });
+    put(optimizerScalars(this.hyper, this.opt.step + 1), 'opt.');
+    return out;
   }
 
   /** synth(z): the image the latent decodes to, in [0, 1] (differentiable in z). */
@@ -280,17 +305,14 @@ export class Generation<T> {
     return o.clampWithGrad(o.scale(o.addScalar(decode(o, w, zq), 1), 0.5), 0, 1);
   }
 
-  /** The per-prompt losses at iteration i, as a vector, plus what a debug caller wants to see. */
-  private losses(z: T, i: number, debug?: { cutouts: T[]; imageEmbeds: T[] }): T {
+  /** The per-prompt losses with a step's data (stepData), as a vector, plus what a debug caller wants to see. */
+  private losses(z: T, d: Record<string, T>, debug?: { cutouts: T[]; imageEmbeds: T[] }): T {
     const o = this.ex.ops;
     const out: T[] = [];
-    if (this.settings.initWeight) out.push(initWeightLoss(o, z, i, this.settings.initWeight));
+    if (this.settings.initWeight) out.push(initWeightLoss(o, z, 0, this.settings.initWeight, d.initWeight));
     const image = this.synth(z);
     const embedsPerModel = this.guides.map((m, mi) => {
-      const boxes = this.options.fixedBoxes?.(i);
-      const cuts = boxes
-        ? makeCutoutsOrig(o, image, inputResolution(m.config), boxes)
-        : makeCutouts(o, image, this.cutoutConfig(m), this.rng.fork('cutouts').fork(mi).fork(i));
+      const cuts = applyCutouts(o, image, this.cutoutConfig(m), prefixed(d, `cut${mi}.`));
       const embeds = encodeImagePixels(o, m.weights, m.config, cuts);
       if (debug) {
         debug.cutouts.push(this.ex.keep(cuts));
@@ -318,16 +340,24 @@ export class Generation<T> {
     const { ex } = this;
     const o = ex.ops;
     const i = this.iter;
+    const phrase = this.phrase;
     await this.usePhrase(storyPhraseAt(i, this.settings.changePromptEvery, this.story.length));
+    if (this.loop && this.phrase !== phrase) {
+      // Other prompt embeddings: the compiled step is traced again, from the current state.
+      await this.syncState();
+      this.loop.destroy();
+      this.loop = undefined;
+    }
     if (ex.loop) return this.compiledStep(debug);
+    const data = this.stepData(i);
     let lossVec!: T;
     const dbg = debug ? { cutouts: [] as T[], imageEmbeds: [] as T[] } : undefined;
     const { value, grad } = ex.valueAndGrad((z) => {
-      lossVec = ex.keep(this.losses(z, i, dbg));
+      lossVec = ex.keep(this.losses(z, dataTensors(o, data), dbg));
       return o.sum(lossVec);
     }, this.z);
     const next = ex.scope(() => {
-      const r = optimizerStep(o, optimizerHyper(this.settings.optimizer, { lr: this.settings.lr }), this.opt, this.z, grad);
+      const r = optimizerStep(o, this.hyper, this.opt, this.z, grad, dataTensors(o, prefixed(data, 'opt.')));
       return { z: clampToRange(o, r.param, this.zMin, this.zMax), state: r.state };
     });
     ex.keep(next.z);
@@ -355,18 +385,19 @@ export class Generation<T> {
     if (!this.loop) {
       const state: Record<string, HostValue> = { z: { data: await o.read(this.z), shape: o.shape(this.z) } };
       for (const [k, v] of Object.entries(this.opt.buffers)) if (v) state[k] = { data: await o.read(v), shape: o.shape(v) };
-      const hyper = optimizerHyper(this.settings.optimizer, { lr: this.settings.lr });
+      const hyper = this.hyper;
       this.loop = ex.loop!(
         {
           wrt: 'z',
           readGrad: debug,
-          forward: (so, st) => {
-            const lossVec = this.losses(st.z, this.iter);
+          data: () => this.stepData(this.iter),
+          forward: (so, st, d) => {
+            const lossVec = this.losses(st.z, d);
             return { loss: so.sum(lossVec), reads: { losses: lossVec } };
           },
-          update: (so, st, grad) => {
+          update: (so, st, grad, d) => {
             const { z, ...buffers } = st;
-            const r = optimizerStep(so, hyper, { step: this.opt.step, buffers }, z, grad);
+            const r = optimizerStep(so, hyper, { step: this.opt.step, buffers }, z, grad, prefixed(d, 'opt.'));
             const next: Record<string, T> = { z: clampToRange(so, r.param, this.zMin, this.zMax) };
             for (const [k, v] of Object.entries(r.state.buffers)) if (v) next[k] = v;
             return next;

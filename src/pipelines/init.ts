@@ -103,9 +103,16 @@ export async function initialLatent<T>(o: Ops<T>, opts: InitOptions<T>): Promise
  * generate.py's --init_weight term at iteration i: mse(z, 0) * (1 / (2 i + 1)) * init_weight / 2. It pulls z
  * towards ZERO (not towards the initial latent: the script's mse against z_orig is commented out) and fades.
  */
-export function initWeightLoss<T>(o: Ops<T>, z: T, iteration: number, initWeight: number): T {
-  // The factor is a tensor (not an op parameter) so that a compiled step's structure does not change with i.
-  return o.mul(o.mean(o.square(z)), o.constant(Float32Array.of(((1 / (iteration * 2 + 1)) * initWeight) / 2), []));
+export function initWeightLoss<T>(o: Ops<T>, z: T, iteration: number, initWeight: number, factor?: T): T {
+  return o.mul(o.mean(o.square(z)), factor ?? o.constant(initWeightFactor(iteration, initWeight).data, []));
+}
+
+/**
+ * The init-weight loss's factor at `iteration` as step data: a tensor (not an op parameter) so that a compiled
+ * step's structure does not change with the iteration.
+ */
+export function initWeightFactor(iteration: number, initWeight: number): { data: Float32Array; shape: number[] } {
+  return { data: Float32Array.of(((1 / (iteration * 2 + 1)) * initWeight) / 2), shape: [] };
 }
 
 /** Per-channel min and max over the codebook rows, shaped [1, 1, 1, C] (generate.py's z_min / z_max). */

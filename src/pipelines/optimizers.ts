@@ -9,7 +9,7 @@
 // p = p + (-lr/(1-b1^t)) m / denom). Buffers start at zero at the first step, as torch's lazily created state.
 // Not included: generate.py's torch_optimizer DiffGrad, AdamP, RAdam (third-party package) and Lion.
 import { UserError } from '../cli/errors.ts';
-import type { Ops } from '../engine/ops.ts';
+import { dataTensors, type HostData, type Ops } from '../engine/ops.ts';
 
 export const OPTIMIZERS = ['Adam', 'AdamW', 'Adagrad', 'Adamax', 'RMSprop', 'SGD'] as const;
 export type OptimizerName = (typeof OPTIMIZERS)[number];
@@ -116,14 +116,39 @@ export function stateTensors<T>(state: OptimizerState<T>): T[] {
 }
 
 /**
- * One optimiser step for one parameter tensor: returns the new parameter and state (new tensors; the inputs are not
- * modified or disposed).
+ * The values of step number `step` (1 = the first) that change with the step count, as step data for optimizerStep:
+ * tensors rather than op parameters, so that a compiled step stays one plan and only uploads them. On tfjs the two
+ * are the same multiplication.
  */
-export function optimizerStep<T>(o: Ops<T>, hp: OptimizerHyper, state: OptimizerState<T>, param: T, grad: T): { param: T; state: OptimizerState<T> } {
-  // Values that change with the step count are tensors, not op parameters: a compiled step then stays one plan
-  // (only the constants' data changes between steps). On tfjs the two are the same multiplication.
-  const scalar = (x: number) => o.constant(Float32Array.of(x), []);
+export function optimizerScalars(hp: OptimizerHyper, step: number): Record<string, HostData> {
+  const one = (x: number): HostData => ({ data: Float32Array.of(x), shape: [] });
+  const [b1, b2] = hp.betas;
+  switch (hp.name) {
+    case 'Adam':
+    case 'AdamW':
+      return { biasCorrection2: one(Math.sqrt(1 - b2 ** step)), stepSize: one(-hp.lr / (1 - b1 ** step)) };
+    case 'Adagrad':
+      return { stepSize: one(-hp.lr / (1 + (step - 1) * hp.lrDecay)) };
+    case 'Adamax':
+      return { stepSize: one(-hp.lr / (1 - b1 ** step)) };
+    case 'RMSprop':
+    case 'SGD':
+      return {};
+  }
+}
+
+/**
+ * One optimiser step for one parameter tensor: returns the new parameter and state (new tensors; the inputs are not
+ * modified or disposed). `scalars`: optimizerScalars(hp, state.step + 1) as tensors (made here when not given).
+ */
+export function optimizerStep<T>(o: Ops<T>, hp: OptimizerHyper, state: OptimizerState<T>, param: T, grad: T, scalars?: Record<string, T>): { param: T; state: OptimizerState<T> } {
   const step = state.step + 1;
+  const given = scalars ?? dataTensors(o, optimizerScalars(hp, step));
+  const scalar = (name: string): T => {
+    const v = given[name];
+    if (v === undefined) throw new Error(`optimizer ${hp.name}: no step scalar '${name}'`);
+    return v;
+  };
   const prev = state.buffers;
   let g = hp.maximize ? o.neg(grad) : grad;
 
@@ -142,18 +167,16 @@ export function optimizerStep<T>(o: Ops<T>, hp: OptimizerHyper, state: Optimizer
       if (hp.amsgrad) {
         second = buffers.maxExpAvgSq = prev.maxExpAvgSq ? o.maximum(prev.maxExpAvgSq, expAvgSq) : expAvgSq;
       }
-      const stepSize = hp.lr / (1 - b1 ** step);
-      const denom = o.addScalar(o.div(o.sqrt(second), scalar(Math.sqrt(1 - b2 ** step))), hp.eps);
-      return { param: o.add(p, o.div(o.mul(expAvg, scalar(-stepSize)), denom)), state: { step, buffers } };
+      const denom = o.addScalar(o.div(o.sqrt(second), scalar('biasCorrection2')), hp.eps);
+      return { param: o.add(p, o.div(o.mul(expAvg, scalar('stepSize')), denom)), state: { step, buffers } };
     }
     case 'Adagrad': {
       if (hp.weightDecay !== 0) g = o.add(g, o.scale(param, hp.weightDecay));
-      const clr = hp.lr / (1 + (step - 1) * hp.lrDecay);
       const gg = o.mul(g, g);
       const start = prev.sum ?? (hp.initialAccumulatorValue !== 0 ? o.addScalar(o.zeros(o.shape(param)), hp.initialAccumulatorValue) : undefined);
       const sum = start ? o.add(start, gg) : gg;
       const std = o.addScalar(o.sqrt(sum), hp.eps);
-      return { param: o.add(param, o.div(o.mul(g, scalar(-clr)), std)), state: { step, buffers: { sum } } };
+      return { param: o.add(param, o.div(o.mul(g, scalar('stepSize')), std)), state: { step, buffers: { sum } } };
     }
     case 'Adamax': {
       const [b1, b2] = hp.betas;
@@ -162,8 +185,7 @@ export function optimizerStep<T>(o: Ops<T>, hp: OptimizerHyper, state: Optimizer
       const bound = o.addScalar(o.abs(g), hp.eps);
       // First step: max(0 * b2, |g| + eps) = |g| + eps.
       const expInf = prev.expInf ? o.maximum(o.scale(prev.expInf, b2), bound) : bound;
-      const clr = hp.lr / (1 - b1 ** step);
-      return { param: o.add(param, o.div(o.mul(expAvg, scalar(-clr)), expInf)), state: { step, buffers: { expAvg, expInf } } };
+      return { param: o.add(param, o.div(o.mul(expAvg, scalar('stepSize')), expInf)), state: { step, buffers: { expAvg, expInf } } };
     }
     case 'RMSprop': {
       const a = hp.alpha;

@@ -46,7 +46,8 @@ export interface CompiledGraph {
    * backend (the software adapter), whose submit replays the commands as GL calls and llvmpipe runs them there.
    */
   readonly lastEncodeMs: number;
-  readonly stats: { dispatches: number; pipelines: number; bindGroups: number; buffers: number; arenaBytes: number; constBytes: number };
+  /** pipelineSwitches: setPipeline calls per run (consecutive dispatches of one pipeline share one). */
+  readonly stats: { dispatches: number; pipelines: number; pipelineSwitches: number; bindGroups: number; buffers: number; arenaBytes: number; constBytes: number };
 }
 
 const write = (device: GPUDevice, buffer: GPUBuffer, offset: number, data: Float32Array | Int32Array): void =>
@@ -231,6 +232,7 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
     stats: {
       dispatches: n,
       pipelines: pipelines.size,
+      pipelineSwitches: dPipeline.filter((p, i) => i === 0 || p !== dPipeline[i - 1]).length,
       bindGroups: bindGroups.size,
       buffers: buffers.length,
       arenaBytes: plan.memory.arenaBytes,
