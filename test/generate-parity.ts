@@ -24,7 +24,13 @@ export const E2E_FIXTURES = ['e2e_reference.safetensors', 'tiny_vqgan.ckpt', 'ti
  * The e2e reference run's models, settings and starting latent, on any engine: a Generation ready for step 0 and the
  * reference tensors. Shared by the tfjs suites here and the compiled engine's test.
  */
-export async function e2eGeneration<T>(ex: Executor<T>, constant: (data: Float32Array, shape: number[]) => T, steps = 5) {
+export async function e2eGeneration<T>(
+  ex: Executor<T>,
+  constant: (data: Float32Array, shape: number[]) => T,
+  steps = 5,
+  /** Other settings than the reference run's (e.g. another cut method); the fixture's boxes are then not used. */
+  overrides?: Partial<GenerateSettings>,
+) {
   const ref = readSafetensors(path.join(FIXTURES, 'e2e_reference.safetensors'));
   const r = (k: string) => ref.get(k)!;
   const o = ex.ops;
@@ -42,6 +48,7 @@ export async function e2eGeneration<T>(ex: Executor<T>, constant: (data: Float32
     cutMethod: 'original',
     cutn: 5,
     seed: 1,
+    ...overrides,
   };
   const zInit = r('z_init');
   const [n, c, h, w] = zInit.shape;
@@ -50,7 +57,7 @@ export async function e2eGeneration<T>(ex: Executor<T>, constant: (data: Float32
     { name: 'tiny_vqgan', config: vq.config, weights: vq.weights },
     [{ name: 'tiny_clip', config: clip.config, weights: clip.weights, tokenizer, weight: 1 }],
     settings,
-    { initialZ: constant(nchwToNhwc(asFloat32(zInit), zInit.shape), [n, h, w, c]), fixedBoxes },
+    { initialZ: constant(nchwToNhwc(asFloat32(zInit), zInit.shape), [n, h, w, c]), fixedBoxes: overrides ? undefined : fixedBoxes },
   );
   return { gen, r, n, c, h, w };
 }
