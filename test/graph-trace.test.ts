@@ -125,6 +125,26 @@ describe('trace + autodiff + interpret on tfjs cpu', () => {
   });
 });
 
+describe('slice gradients', () => {
+  test('slices that tile their input along one axis (q, k, v) get one concat back; others pads; both equal tfjs', async () => {
+    // q/k/v-like: three slices tiling the last axis (in a scrambled use order), plus one that covers part of it.
+    const qkv = <T>(o: Ops<T>, x: T): T => {
+      const k = o.slice(x, [0, 0, 4], [2, 3, 4]);
+      const q = o.slice(x, [0, 0, 0], [2, 3, 4]);
+      const v = o.slice(x, [0, 0, 8], [2, 3, 4]);
+      return o.add(o.mul(q, o.exp(k)), o.square(v));
+    };
+    const b = new GraphBuilder();
+    await checkTraced('q/k/v slices', b, { tf: (x) => qkv(tfOps, x), graph: (bb, x) => qkv(bb, x) }, normal(7, 72), [2, 3, 12], { y: 1e-6, grad: 1e-6 });
+    assert.ok(b.graph.nodes.some((n) => n.op === 'concat'), 'the gradient is a concat');
+    assert.ok(!b.graph.nodes.some((n) => n.op === 'pad'), 'no zero-padded slice gradients');
+    const partial = <T>(o: Ops<T>, x: T): T => o.add(o.slice(x, [0, 0, 0], [2, 3, 5]), o.slice(x, [0, 0, 3], [2, 3, 5]));
+    const b2 = new GraphBuilder();
+    await checkTraced('overlapping slices', b2, { tf: (x) => partial(tfOps, x), graph: (bb, x) => partial(bb, x) }, normal(8, 72), [2, 3, 12], { y: 1e-6, grad: 1e-6 });
+    assert.ok(b2.graph.nodes.some((n) => n.op === 'pad'), 'overlapping slices: padded gradients');
+  });
+});
+
 describe('tiny CLIP image encoder', () => {
   test('tiny CLIP image encoder (normalize + encode_image): forward and gradient equal tfjs', async (t) => {
     const file = fixture(t, 'tiny_clip_state.pt');

@@ -30,14 +30,59 @@ export function gradient(b: GraphBuilder, loss: Sym, wrt: Sym): Sym {
     const prev = grads.get(id);
     grads.set(id, prev ? b.add(prev, g) : g);
   };
+  // Gradients of slices, kept apart per sliced node: slices that tile it along one axis (q, k and v cut from one
+  // projection) get their gradient back as one concat instead of a zero-padded copy per slice plus the adds.
+  const pieces = new Map<number, Array<{ begin: number[]; g: Sym }>>();
+  const total = (id: number): Sym | undefined => {
+    let g = grads.get(id);
+    const ps = pieces.get(id);
+    if (ps) {
+      const s = assembleSlices(b, nodes[id].shape, ps);
+      g = g ? b.add(g, s) : s;
+    }
+    return g;
+  };
   grads.set(loss.id, b.constant(Float32Array.of(1), loss.shape));
   for (let id = loss.id; id > wrt.id; id--) {
-    const g = grads.get(id);
+    const g = total(id);
     if (!g || !reach[id]) continue;
     grads.delete(id);
-    vjp(b, nodes[id], g, b.gradRules.get(id), (i) => reach[i] === 1, accumulate);
+    pieces.delete(id);
+    const n = nodes[id];
+    if (n.op === 'slice' && reach[n.inputs[0]]) {
+      const list = pieces.get(n.inputs[0]) ?? [];
+      list.push({ begin: (n.attrs as Attrs['slice']).begin, g });
+      pieces.set(n.inputs[0], list);
+      continue;
+    }
+    vjp(b, n, g, b.gradRules.get(id), (i) => reach[i] === 1, accumulate);
   }
-  return grads.get(wrt.id) ?? b.zeros(wrt.shape);
+  return total(wrt.id) ?? b.zeros(wrt.shape);
+}
+
+/**
+ * The gradient of a node of `shape` from the gradients of slices of it: a concat when the slices tile it along one
+ * axis (in any order), else the sum of the zero-padded slice gradients.
+ */
+function assembleSlices(b: GraphBuilder, shape: number[], ps: Array<{ begin: number[]; g: Sym }>): Sym {
+  const axes = shape.map((_, a) => a).filter((a) => ps.some((p) => p.begin[a] !== 0 || p.g.shape[a] !== shape[a]));
+  if (axes.length === 1) {
+    const axis = axes[0];
+    const sorted = [...ps].sort((p, q) => p.begin[axis] - q.begin[axis]);
+    let at = 0;
+    const tiles = sorted.every((p) => {
+      const ok = p.begin[axis] === at;
+      at += p.g.shape[axis];
+      return ok;
+    });
+    if (tiles && at === shape[axis]) return b.concat(sorted.map((p) => p.g), axis);
+  }
+  let sum: Sym | undefined;
+  for (const p of ps) {
+    const padded = b.pad(p.g, shape.map((d, a) => [p.begin[a], d - p.begin[a] - p.g.shape[a]] as [number, number]));
+    sum = sum ? b.add(sum, padded) : padded;
+  }
+  return sum!;
 }
 
 /** The inputs a node passes gradient to (before asking whether they depend on wrt). */
