@@ -16,10 +16,11 @@
 //                   settings (perspective 0.5, affine 30 degrees), then noise.
 //   fast            not in generate.py: original's random crops resized bilinearly (align_corners=False, no
 //                   anti-aliasing) plus noise; no warps, so no gather. Measured here (wasm, 2 shared cores, 32 cutouts
-//                   of 224 from 256x256, forward + backward): latest ~3.5-5 s (mostly the warps' gathers), original
-//                   ~1.2-1.4 s, fast ~1.5 s. The crops' per-cutout matmul along H and the jitter's per-sample colour
-//                   matrices are batched matmuls, which stock tfjs-wasm runs without XNNPACK (original ~4.9 s, latest
-//                   ~6.1 s, fast ~5.2 s with it); engine/wasm-kernels.ts runs them as 2-D XNNPACK matmuls per batch.
+//                   of 224 from 256x256, forward + backward): latest ~2.7 s (mostly the warps: their positions and
+//                   taps are ops on [32, 224 * 224] tensors, then four gathers), original ~0.6 s. The crops'
+//                   per-cutout matmul along H and the jitter's per-sample colour matrices are batched matmuls, which
+//                   stock tfjs-wasm runs without XNNPACK (original ~4.9 s, latest ~6.1 s with it);
+//                   engine/wasm-kernels.ts runs them as 2-D XNNPACK matmuls per batch.
 // Every random choice comes from the rng handed in (forks 'boxes', 'augment', 'noise'), so a seed fixes the cutouts.
 // Two halves: `drawCutouts` makes the random choices on the host as named step data (crop indices, warp matrices,
 // colour matrices, noise seeds: small arrays), `applyCutouts` is the ops, which depend only on the settings (method,
