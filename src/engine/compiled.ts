@@ -335,9 +335,7 @@ export class CompiledLoop implements TrainingLoop {
         this.stats(t0, tData, s.compiled);
       } else {
         // Step data of other names or shapes: the traced functions would make other ops.
-        this.hostState = await this.readState();
-        s.compiled.destroy();
-        this.structure = s = undefined;
+        s = await this.dropStructure();
       }
     } else if (s && s.steady) {
       const b = this.engine.builder;
@@ -355,10 +353,7 @@ export class CompiledLoop implements TrainingLoop {
         ran = true;
         this.stats(t0, tReplay, s.compiled);
       } else {
-        // The structure changed: continue from the current state, compiled anew.
-        this.hostState = await this.readState();
-        s.compiled.destroy();
-        this.structure = s = undefined;
+        s = await this.dropStructure();
       }
     }
     if (!ran) {
@@ -383,6 +378,14 @@ export class CompiledLoop implements TrainingLoop {
       this.structure = undefined;
     }
     return { loss, reads, grad };
+  }
+
+  /** The structure changed: the state comes to the host, and the next build compiles anew from it. */
+  private async dropStructure(): Promise<undefined> {
+    this.hostState = await this.readState();
+    this.structure?.compiled.destroy();
+    this.structure = undefined;
+    return undefined;
   }
 
   private stats(t0: number, tReplay: number, c: CompiledGraph): void {
