@@ -3,7 +3,7 @@
 // lowerings on the software WebGPU adapter (one node each, and a small graph through the compiled engine: planner,
 // fusion, i32 buffers) against tfjs cpu.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { CompiledEngine } from '../src/engine/compiled.ts';
 import { gradient } from '../src/engine/graph/autodiff.ts';
@@ -11,23 +11,12 @@ import { interpret } from '../src/engine/graph/interpret.ts';
 import { GraphBuilder } from '../src/engine/graph/trace.ts';
 import type { Ops } from '../src/engine/ops.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
-import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 import { DEFAULT_LIMITS, runLowered, type KernelLimits } from '../src/engine/wgsl/kernel.ts';
 import { lowerings } from '../src/engine/wgsl/lowerings.ts';
-import { maxAbsDiff } from './helpers.ts';
+import { maxAbsDiff, suiteDevice } from './helpers.ts';
 
-let device: GPUDevice | undefined;
-let noDevice: string | undefined;
-
-before(async () => {
-  await tf.setBackend('cpu');
-  try {
-    device = (await createWebGPUDevice('allow')).device;
-  } catch (e) {
-    noDevice = (e as Error).message;
-  }
-});
-after(() => device?.destroy());
+const gpu = suiteDevice();
+before(() => tf.setBackend('cpu'));
 
 const seedOf = (a: number, b: number) => tf.tensor1d([a, b], 'int32');
 
@@ -168,11 +157,11 @@ describe('WGSL on the software adapter vs tfjs cpu', () => {
     const output = { shape: outShape, dtype: op === 'cast' ? ('i32' as const) : ('f32' as const) };
     const node = { op, attrs, inputs: [{ shape: inShape, dtype: input instanceof Int32Array ? ('i32' as const) : ('f32' as const) }], output };
     const lowered = (lowerings[op] as (n: typeof node, l: KernelLimits) => Parameters<typeof runLowered>[1])(node, limits);
-    return { got: await runLowered(device!, lowered, inputs, output), dispatch: lowered.dispatches[0] };
+    return { got: await runLowered(gpu.device!, lowered, inputs, output), dispatch: lowered.dispatches[0] };
   }
 
   test('floor and cast: exact', async (ctx) => {
-    if (!device) return ctx.skip(noDevice);
+    if (!gpu.device) return ctx.skip(gpu.unavailable);
     const { got: fl } = await runNode('unary', { fn: 'floor' }, FLOOR_IN, [4, 5], [4, 5]);
     assert.deepEqual(Array.from(fl), Array.from(await tf.floor(tf.tensor1d(FLOOR_IN)).data()));
     const { got: ints } = await runNode('cast', { to: 'i32' }, INT_IN, [INT_IN.length], [INT_IN.length]);
@@ -186,7 +175,7 @@ describe('WGSL on the software adapter vs tfjs cpu', () => {
   });
 
   test('randomNormal: equals tfOps within 2e-5 (100k elements; a y grid)', async (ctx) => {
-    if (!device) return ctx.skip(noDevice);
+    if (!gpu.device) return ctx.skip(gpu.unavailable);
     const cases: Array<[seed: [number, number], shape: number[], limits: KernelLimits]> = [
       [[12345, -678], [4, 160, 160, 1], DEFAULT_LIMITS], // 102400 elements: a 400-workgroup x grid
       [[-1, 2147483647], [5001], TINY_GRID], // 20 workgroups on a 16 x 2 grid
@@ -203,8 +192,8 @@ describe('WGSL on the software adapter vs tfjs cpu', () => {
   });
 
   test('the compiled engine: a graph with floor (fused), toInt, randomNormal and its gradient', async (ctx) => {
-    if (!device) return ctx.skip(noDevice);
-    const e = new CompiledEngine(device);
+    if (!gpu.device) return ctx.skip(gpu.unavailable);
+    const e = new CompiledEngine(gpu.device);
     const o = e.ops;
     const xS = o.constant(X, [6, 1]);
     const y = mixed(o, xS);

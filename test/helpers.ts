@@ -3,10 +3,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
-import type { TestContext } from 'node:test';
+import { after, before, type TestContext } from 'node:test';
 import { readSafetensors } from '../src/formats/safetensors.ts';
 import { asFloat32, type HostTensor } from '../src/formats/host-tensor.ts';
 import { initBackend, type BackendName } from '../src/engine/backend.ts';
+import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const FIXTURES = process.env.VQCLIP_FIXTURES ?? path.resolve(here, '../../shared/fixtures');
@@ -85,4 +86,21 @@ export async function startBackend(backend: BackendName): Promise<string | undef
   } catch (err) {
     return `${backend} backend unavailable: ${(err as Error).message}`;
   }
+}
+
+/**
+ * A raw WebGPU device for the enclosing suite (or file): opened before its tests (hardware, else the software adapter)
+ * and destroyed after them. `unavailable` says why there is none; tests skip with it.
+ */
+export function suiteDevice(): { device?: GPUDevice; unavailable?: string } {
+  const gpu: { device?: GPUDevice; unavailable?: string } = {};
+  before(async () => {
+    try {
+      gpu.device = (await createWebGPUDevice('allow')).device;
+    } catch (e) {
+      gpu.unavailable = `no WebGPU adapter: ${(e as Error).message}`;
+    }
+  });
+  after(() => gpu.device?.destroy());
+  return gpu;
 }

@@ -4,7 +4,7 @@
 //
 // The lowerings here are test-only and deliberately tiny (same-shape elementwise, a scratch-using sum), so that the
 // planner is tested on its own; the real kernels have their own tests.
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Attrs, Graph, Node, OpName } from '../src/engine/graph/ir.ts';
 import { sizeOf } from '../src/engine/graph/ir.ts';
@@ -12,14 +12,13 @@ import { DEFAULT_LIMITS, f32Literal, type KernelNode, type Lowered, type Lowerin
 import { placeBlocks, planGraph, type Block, type Plan, type PlanOptions } from '../src/engine/wgsl/plan.ts';
 import { compilePlan } from '../src/engine/wgsl/executor.ts';
 import { lowerings } from '../src/engine/wgsl/lowerings.ts';
-import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 import * as tf from '@tensorflow/tfjs';
 import { GraphBuilder } from '../src/engine/graph/trace.ts';
 import { gradient } from '../src/engine/graph/autodiff.ts';
 import { interpret } from '../src/engine/graph/interpret.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 import type { Ops } from '../src/engine/ops.ts';
-import { maxAbsDiff } from './helpers.ts';
+import { maxAbsDiff, suiteDevice } from './helpers.ts';
 
 // ---- a tiny graph builder and a JS evaluator for the test op set ----
 
@@ -263,26 +262,17 @@ describe('memory placement (no device)', () => {
 });
 
 describe('executor on the software WebGPU adapter', () => {
-  let device: GPUDevice | undefined;
-  let skip = '';
-  before(async () => {
-    try {
-      device = (await createWebGPUDevice('allow')).device;
-    } catch (e) {
-      skip = `no WebGPU adapter: ${(e as Error).message}`;
-    }
-  });
-  after(() => device?.destroy());
+  const gpu = suiteDevice();
 
   const opts = (): PlanOptions => ({
-    alignment: device!.limits.minStorageBufferOffsetAlignment,
-    maxBindingSize: device!.limits.maxStorageBufferBindingSize,
-    maxBufferSize: device!.limits.maxBufferSize,
+    alignment: gpu.device!.limits.minStorageBufferOffsetAlignment,
+    maxBindingSize: gpu.device!.limits.maxStorageBufferBindingSize,
+    maxBufferSize: gpu.device!.limits.maxBufferSize,
   });
 
   async function check(g: Graph, inputs: Record<string, Float32Array>, label: string): Promise<number> {
     const plan = planGraph(g, testLowerings, DEFAULT_LIMITS, opts());
-    const c = await compilePlan(device!, plan);
+    const c = await compilePlan(gpu.device!, plan);
     try {
       c.run(inputs);
       const want = evaluate(g, inputs);
@@ -300,7 +290,7 @@ describe('executor on the software WebGPU adapter', () => {
   }
 
   test('chain, diamond, reshape alias, value used after a long gap, scratch', async (t) => {
-    if (skip) return t.skip(skip);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     const b = new G();
     const x = b.input('x', [2, 8]);
     const early = b.unary('scale', x, 3);
@@ -319,7 +309,7 @@ describe('executor on the software WebGPU adapter', () => {
   });
 
   test('re-running with new inputs gives new results; updateConst; carried state; host time measured', async (t) => {
-    if (skip) return t.skip(skip);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     const b = new G();
     const x = b.input('x', [4]);
     const s = b.input('state', [4]);
@@ -329,7 +319,7 @@ describe('executor on the software WebGPU adapter', () => {
     b.outputs.next = b.binary('add', s, y); // state += x * w
     b.outputs.total = b.sumAll(y);
     const plan = planGraph(b.graph(), testLowerings, DEFAULT_LIMITS, opts());
-    const c = await compilePlan(device!, plan, { carry: { state: 'next' } });
+    const c = await compilePlan(gpu.device!, plan, { carry: { state: 'next' } });
     try {
       c.run({ x: Float32Array.of(1, 1, 1, 1), state: new Float32Array(4) });
       assert.deepEqual([...(await c.read('y'))], [1, 2, 3, 4]);
@@ -351,10 +341,10 @@ describe('executor on the software WebGPU adapter', () => {
   });
 
   test('the first run needs every input', async (t) => {
-    if (skip) return t.skip(skip);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     const b = new G();
     b.outputs.y = b.binary('add', b.input('a', [4]), b.input('b', [4]));
-    const c = await compilePlan(device!, planGraph(b.graph(), testLowerings, DEFAULT_LIMITS, opts()));
+    const c = await compilePlan(gpu.device!, planGraph(b.graph(), testLowerings, DEFAULT_LIMITS, opts()));
     try {
       assert.throws(() => c.run({ a: new Float32Array(4) }), /inputs never written: b/);
     } finally {
@@ -363,7 +353,7 @@ describe('executor on the software WebGPU adapter', () => {
   });
 
   test('random graphs equal their JavaScript evaluation', async (t) => {
-    if (skip) return t.skip(skip);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     let worst = 0;
     for (let seed = 100; seed < 106; seed++) {
       const { g, inputs } = randomGraph(seed, 25);
@@ -373,7 +363,7 @@ describe('executor on the software WebGPU adapter', () => {
   });
 
   test('the real lowerings: conv2d + bias, reshape, matmul, broadcast add, swish, transpose vs tfjs cpu', async (t) => {
-    if (skip) return t.skip(skip);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     await tf.setBackend('cpu');
     const r = rng(7);
     const data = (n: number) => Float32Array.from({ length: n }, () => r() - 0.5);
@@ -391,7 +381,7 @@ describe('executor on the software WebGPU adapter', () => {
     const act = add('unary', [add('binary', [mm, c], { fn: 'add' }, [16, 5])], { fn: 'swish' }, [16, 5]);
     const out = add('transpose', [act], { perm: [1, 0] }, [5, 16]);
     const plan = planGraph({ nodes, outputs: { y: out } }, lowerings, DEFAULT_LIMITS, opts());
-    const compiled = await compilePlan(device!, plan);
+    const compiled = await compilePlan(gpu.device!, plan);
     try {
       compiled.run({ x: xd });
       const got = await compiled.read('y');
@@ -409,7 +399,7 @@ describe('executor on the software WebGPU adapter', () => {
   });
 
   test('a traced function and its gradient (tracer + autodiff) vs the graph interpreted on tfjs cpu; a replayed const', async (t) => {
-    if (skip) return t.skip(skip);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     await tf.setBackend('cpu');
     const r = rng(11);
     const data = (n: number) => Float32Array.from({ length: n }, () => r() - 0.5);
@@ -427,7 +417,7 @@ describe('executor on the software WebGPU adapter', () => {
     b.output('loss', rec.value);
     b.output('grad', gradient(b, rec.value, x));
     const plan = planGraph(b.graph, lowerings, DEFAULT_LIMITS, opts());
-    const compiled = await compilePlan(device!, plan);
+    const compiled = await compilePlan(gpu.device!, plan);
     const xd = data(18);
     const compare = async (label: string) => {
       const want = tf.tidy(() => {

@@ -2,19 +2,18 @@
 // structure (what may and may not join a group), its semantics on the interpreter (no device), and random
 // elementwise DAGs with broadcasting and reshapes planned fused and unfused on the software adapter, which must agree.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { fuseElementwise } from '../src/engine/graph/fuse.ts';
 import { interpret } from '../src/engine/graph/interpret.ts';
 import { sizeOf, type Attrs, type BinaryFn, type Graph } from '../src/engine/graph/ir.ts';
 import { broadcastShapes, GraphBuilder, type Sym } from '../src/engine/graph/trace.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
-import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 import { compilePlan } from '../src/engine/wgsl/executor.ts';
 import { DEFAULT_LIMITS } from '../src/engine/wgsl/kernel.ts';
 import { lowerings } from '../src/engine/wgsl/lowerings.ts';
 import { planGraph, type PlanOptions } from '../src/engine/wgsl/plan.ts';
-import { maxAbsDiff } from './helpers.ts';
+import { maxAbsDiff, suiteDevice } from './helpers.ts';
 
 const MAX_INPUTS = 7;
 
@@ -170,21 +169,12 @@ describe('elementwise fusion: the rewrite (no device)', () => {
 });
 
 describe('elementwise fusion on the software adapter', () => {
-  let device: GPUDevice | undefined;
-  let unavailable: string | undefined;
-  before(async () => {
-    try {
-      device = (await createWebGPUDevice('allow')).device;
-    } catch (e) {
-      unavailable = `no WebGPU adapter: ${(e as Error).message}`;
-    }
-  });
-  after(() => device?.destroy());
+  const gpu = suiteDevice();
 
   const opts = (): PlanOptions => ({
-    alignment: device!.limits.minStorageBufferOffsetAlignment,
-    maxBindingSize: device!.limits.maxStorageBufferBindingSize,
-    maxBufferSize: device!.limits.maxBufferSize,
+    alignment: gpu.device!.limits.minStorageBufferOffsetAlignment,
+    maxBindingSize: gpu.device!.limits.maxStorageBufferBindingSize,
+    maxBufferSize: gpu.device!.limits.maxBufferSize,
   });
 
   /** Fused kernels that read an operand through per-dimension strides (not one contiguous broadcast block). */
@@ -193,7 +183,7 @@ describe('elementwise fusion on the software adapter', () => {
   async function runPlan(g: Graph, inputs: Record<string, { data: Float32Array }>): Promise<{ values: Record<string, Float32Array>; dispatches: number }> {
     const plan = planGraph(g, lowerings, DEFAULT_LIMITS, opts());
     stridedKernels += plan.dispatches.filter((d) => d.label.startsWith('fused') && d.code.includes('var rf')).length;
-    const c = await compilePlan(device!, plan);
+    const c = await compilePlan(gpu.device!, plan);
     try {
       c.run(Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, v.data])));
       const values: Record<string, Float32Array> = {};
@@ -205,7 +195,7 @@ describe('elementwise fusion on the software adapter', () => {
   }
 
   test('a bias add below a reshape and a strided operand above it: one dispatch, same values', async (t) => {
-    if (unavailable) return t.skip(unavailable);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     const b = new GraphBuilder();
     const x = b.input('x', [6, 4]);
     const bias = b.constant(Float32Array.from([0.5, -1, 2, 0.25]), [4]);
@@ -224,7 +214,7 @@ describe('elementwise fusion on the software adapter', () => {
   });
 
   test('matmul epilogues on the three GEMM kernels (tiled, skinny, simple) and a batched product', async (t) => {
-    if (unavailable) return t.skip(unavailable);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     const r = rng(7);
     const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => r() - 0.5);
     const cases: Array<{ name: string; a: number[]; w: number[]; tB: boolean; then: (b: GraphBuilder, y: Sym, extra: Sym) => Sym; extra: number[] }> = [
@@ -253,7 +243,7 @@ describe('elementwise fusion on the software adapter', () => {
   });
 
   test('conv2d / conv2dGradInput epilogues: every GEMM form, the zero-filled pixels included', async (t) => {
-    if (unavailable) return t.skip(unavailable);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     const r = rng(11);
     const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => r() - 0.5);
     type Pad4 = [number, number, number, number];
@@ -311,7 +301,7 @@ describe('elementwise fusion on the software adapter', () => {
   });
 
   test('norm epilogues: groupNorm / layerNorm and their gradients, one-pass and chunked', async (t) => {
-    if (unavailable) return t.skip(unavailable);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     const r = rng(13);
     const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => r() - 0.5);
     // The norm of x (gradient: with dy = `extra`'s partner input), then `then`; `form` must be among the labels.
@@ -355,7 +345,7 @@ describe('elementwise fusion on the software adapter', () => {
   });
 
   test('transposes: attention head layouts as views in the matmuls\' loads and transposed stores; no transpose pass', async (t) => {
-    if (unavailable) return t.skip(unavailable);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     const r = rng(5);
     const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => r() - 0.5);
     // Multi-head attention as the models trace it: q, k, v linears split into heads ([B,T,H,D] -> [B,H,T,D]), scores
@@ -394,7 +384,7 @@ describe('elementwise fusion on the software adapter', () => {
   });
 
   test('random DAGs with broadcasting and reshapes: fused and unfused plans agree, with fewer dispatches', async (t) => {
-    if (unavailable) return t.skip(unavailable);
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
     let worst = 0;
     let before = 0;
     let after = 0;

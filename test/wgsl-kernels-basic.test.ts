@@ -4,6 +4,7 @@
 import * as tf from '@tensorflow/tfjs';
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { suiteDevice } from './helpers.ts';
 import { clampWithGrad as tfClampWithGrad, gatherRows as tfGatherRows, resize as tfResize } from '../src/engine/gradients.ts';
 import type { DType, OpName, Attrs } from '../src/engine/graph/ir.ts';
 import { DEFAULT_LIMITS, runLowered, type KernelLimits, type KernelNode, type Lowerings } from '../src/engine/wgsl/kernel.ts';
@@ -12,27 +13,17 @@ import { DIRECT_MAX, lowerings as gather } from '../src/engine/wgsl/kernels/gath
 import { lowerings as layout } from '../src/engine/wgsl/kernels/layout.ts';
 import { lowerings as reduce } from '../src/engine/wgsl/kernels/reduce.ts';
 import { lowerings as resize } from '../src/engine/wgsl/kernels/resize.ts';
-import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
 
 const all: Lowerings = { ...elementwise, ...gather, ...layout, ...reduce, ...resize };
 
-let device: GPUDevice | undefined;
-let noDevice: string | undefined;
+const gpu = suiteDevice();
 /** Largest |gpu - tfjs| per node kind (and fn), printed at the end. */
 const worst = new Map<string, { abs: number; cases: number }>();
 
-before(async () => {
-  await tf.setBackend('cpu');
-  try {
-    device = (await createWebGPUDevice('allow')).device;
-  } catch (e) {
-    noDevice = (e as Error).message;
-  }
-});
+before(() => tf.setBackend('cpu'));
 
 after(() => {
-  device?.destroy();
   const rows = [...worst].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `  ${k.padEnd(40)} ${String(v.cases).padStart(3)} cases  max abs diff ${v.abs.toExponential(2)}`);
   console.log(`wgsl kernels vs tfjs cpu:\n${rows.join('\n')}`);
 });
@@ -75,7 +66,7 @@ async function runNode<K extends OpName>(
     output: { shape: outShape, dtype: outDtype },
   };
   const lowered = (lower as (n: KernelNode<K>, l: KernelLimits) => ReturnType<NonNullable<Lowerings[K]>>)(node, limits);
-  return runLowered(device!, lowered, inputs, node.output);
+  return runLowered(gpu.device!, lowered, inputs, node.output);
 }
 
 /** Runs a node and compares with the tfjs tensor `expected`: |d| <= rtol * max(1, |expected|) elementwise. */
@@ -112,7 +103,7 @@ const t = (x: In) => (x.data instanceof Int32Array ? tf.tensor(x.data, x.shape, 
 const f = (shape: number[], lo?: number, hi?: number): In => ({ data: uniform(shape, lo, hi), shape });
 
 test('unary: every UnaryFn, ranks 0-5, a launch spread over y', async (ctx) => {
-  if (!device) return ctx.skip(noDevice);
+  if (!gpu.device) return ctx.skip(gpu.unavailable);
   const fns: Array<[Attrs['unary'], (x: tf.Tensor) => tf.Tensor, number?, number?]> = [
     [{ fn: 'copy' }, (x) => x.clone()],
     [{ fn: 'neg' }, tf.neg],
@@ -146,7 +137,7 @@ test('unary: every UnaryFn, ranks 0-5, a launch spread over y', async (ctx) => {
 });
 
 test('binary: every BinaryFn; same shape, scalar, trailing and leading vectors, general broadcasting', async (ctx) => {
-  if (!device) return ctx.skip(noDevice);
+  if (!gpu.device) return ctx.skip(gpu.unavailable);
   const fwd: Array<[Attrs['binary']['fn'], (a: tf.Tensor, b: tf.Tensor) => tf.Tensor]> = [
     ['add', tf.add],
     ['sub', tf.sub],
@@ -207,7 +198,7 @@ test('binary: every BinaryFn; same shape, scalar, trailing and leading vectors, 
 });
 
 test('layout: reshape, transpose (any perm), slice, pad, upsample2x, concat (any axis, > 7 inputs); f32 and i32', async (ctx) => {
-  if (!device) return ctx.skip(noDevice);
+  if (!gpu.device) return ctx.skip(gpu.unavailable);
   const r = f([2, 3, 4]);
   const lowered = all.reshape!({ op: 'reshape', attrs: {}, inputs: [{ shape: [2, 3, 4], dtype: 'f32' }], output: { shape: [6, 4], dtype: 'f32' } }, DEFAULT_LIMITS);
   assert.deepEqual(lowered, { dispatches: [], alias: 0 });
@@ -283,7 +274,7 @@ test('layout: reshape, transpose (any perm), slice, pad, upsample2x, concat (any
 });
 
 test('reductions: sum and max over any axes (keepDims), argmin/argmax with ties, softmax and softmaxGrad', async (ctx) => {
-  if (!device) return ctx.skip(noDevice);
+  if (!gpu.device) return ctx.skip(gpu.unavailable);
   const cases: Array<[number[], number[], string]> = [
     [[7], [0], 'serial row'],
     [[3, 5], [1], 'serial row'],
@@ -343,7 +334,7 @@ test('reductions: sum and max over any axes (keepDims), argmin/argmax with ties,
 });
 
 test('resize and resizeGrad: bilinear/bicubic, alignCorners, up/down/mixed, one axis, identity; gradient = tf.grad', async (ctx) => {
-  if (!device) return ctx.skip(noDevice);
+  if (!gpu.device) return ctx.skip(gpu.unavailable);
   const cases: Array<[number[], number, number]> = [
     [[1, 5, 7, 2], 9, 4], // H up, W down
     [[2, 8, 6, 3], 3, 13], // H down, W up
@@ -370,7 +361,7 @@ test('resize and resizeGrad: bilinear/bicubic, alignCorners, up/down/mixed, one 
 });
 
 test('gatherRows, oneHot, gatherRowsGrad (direct loop and radix-sorted row sums, 1-3 passes)', async (ctx) => {
-  if (!device) return ctx.skip(noDevice);
+  if (!gpu.device) return ctx.skip(gpu.unavailable);
   for (const [n, d, m] of [[10, 3, 17], [5, 1, 9], [40, 7, 300]]) {
     const table = f([n, d]);
     const idx = { data: ints(m, n), shape: [m] };

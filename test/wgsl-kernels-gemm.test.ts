@@ -5,31 +5,20 @@
 // variant (tiled / skinny / simple GEMM, 1x1, patch and phase-split conv gradients, fused / two-pass norms) runs at least
 // once; the dispatch labels are checked to prove it.
 import assert from 'node:assert/strict';
-import { after, before, describe, test, type TestContext } from 'node:test';
+import { before, describe, test, type TestContext } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 import { DEFAULT_LIMITS, runLowered, type KernelNode, type Lowered, type Lowerings } from '../src/engine/wgsl/kernel.ts';
 import type { OpName } from '../src/engine/graph/ir.ts';
 import { lowerings as matmulLowerings } from '../src/engine/wgsl/kernels/matmul.ts';
 import { lowerings as convLowerings } from '../src/engine/wgsl/kernels/conv.ts';
 import { lowerings as normLowerings } from '../src/engine/wgsl/kernels/norm.ts';
 import { tfOps } from '../src/engine/tfjs-ops.ts';
-import { maxAbsDiff } from './helpers.ts';
+import { maxAbsDiff, suiteDevice } from './helpers.ts';
 
 const lowerings: Lowerings = { ...matmulLowerings, ...convLowerings, ...normLowerings };
 
-let device: GPUDevice | undefined;
-let noDevice = '';
-
-before(async () => {
-  await tf.setBackend('cpu');
-  try {
-    device = (await createWebGPUDevice('allow')).device;
-  } catch (e) {
-    noDevice = `no WebGPU adapter: ${(e as Error).message}`;
-  }
-});
-after(() => device?.destroy());
+const gpu = suiteDevice();
+before(() => tf.setBackend('cpu'));
 
 /** Deterministic normal-ish values (tf.randomNormal with a seed). */
 let seed = 1;
@@ -47,8 +36,8 @@ async function check<K extends OpName>(
   want: tf.Tensor,
   rel = 1e-5,
 ): Promise<{ lowered: Lowered; diff: number } | undefined> {
-  if (!device) {
-    t.skip(noDevice);
+  if (!gpu.device) {
+    t.skip(gpu.unavailable);
     return undefined;
   }
   const node = {
@@ -59,7 +48,7 @@ async function check<K extends OpName>(
   } as KernelNode<K>;
   const lowered = (lowerings[op] as (n: KernelNode<K>, l: typeof DEFAULT_LIMITS) => Lowered)(node, DEFAULT_LIMITS);
   const got = await runLowered(
-    device,
+    gpu.device!,
     lowered,
     inputs.map((x) => ({ data: x.dataSync() as Float32Array, shape: x.shape })),
     node.output,
