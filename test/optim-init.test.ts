@@ -10,6 +10,7 @@ import {
   clampToRange,
   codebookRange,
   initialLatent,
+  initWeightFactor,
   initWeightLoss,
   latentGrid,
   nearestCodes,
@@ -122,10 +123,10 @@ test("init weight: mse(z, 0) * init_weight / (2 (2 i + 1)), and its gradient", a
   const z = o.constant(data, [1, 2, 3, 4]);
   const mse = data.reduce((s, v) => s + v * v, 0) / data.length;
   for (const [i, wgt] of [[0, 1], [3, 0.5], [10, 2]]) {
-    const got = (await o.read(initWeightLoss(o, z, i, wgt)))[0];
+    const got = (await o.read(initWeightLoss(o, z, o.constant(initWeightFactor(i, wgt).data, []))))[0];
     const want = (mse * (1 / (2 * i + 1)) * wgt) / 2;
     assert.ok(Math.abs(got - want) < 1e-6 * Math.abs(want), `i=${i}: ${got} vs ${want}`);
   }
-  const grad = await o.read(tf.grad((x: tf.Tensor) => initWeightLoss(o, x, 2, 0.5))(z));
+  const grad = await o.read(tf.grad((x: tf.Tensor) => initWeightLoss(o, x, o.constant(initWeightFactor(2, 0.5).data, [])))(z));
   assertClose(grad, Array.from(data, (v) => (2 * v * 0.5) / 5 / 2 / data.length), 1e-7, 'd init_loss / dz');
 });

@@ -28,6 +28,7 @@
 // still clamps to [0, 1] (as skipped samples of a batch with jittered ones always were).
 import { UserError } from '../cli/errors.ts';
 import { dataTensors, type HostData, type Ops } from '../engine/ops.ts';
+import { need, prefixed, putPrefixed, type StepData } from './step-data.ts';
 import type { Rng } from '../util/rng.ts';
 
 export const AUGMENT_NAMES = ['Ji', 'Gn', 'Pe', 'Ro', 'Af', 'Cr', 'Er', 'Re'] as const;
@@ -89,9 +90,6 @@ export function augmentSpecs(names: readonly string[], variant: 'latest' | 'nrup
 
 const isGeometric = (s: AugmentSpec) => s.kind === 'affine' || s.kind === 'perspective' || s.kind === 'resizedCrop';
 
-/** Step data: named host arrays (see drawAugment). */
-export type StepData = Record<string, HostData>;
-
 /**
  * The augmentations' plan over `specs`: runs of consecutive geometric specs (one warp each) and single photometric
  * specs, with the batch size of the tensor each one receives (1 = the image shared by all n samples).
@@ -129,9 +127,6 @@ export function drawAugment(specs: readonly AugmentSpec[], n: number, shape: { n
   const forks = specForks(specs, rng);
   const out: StepData = {};
   for (const { at, run, batchIn } of augmentPlan(specs, n, shape.n0)) {
-    const put = (d: StepData, prefix: string) => {
-      for (const [k, v] of Object.entries(d)) out[`${prefix}${at}.${k}`] = v;
-    };
     if (isGeometric(run[0])) {
       const perSample = Array.from({ length: n }, () => [] as Array<WarpStage | null>);
       run.forEach((spec, j) => {
@@ -140,8 +135,8 @@ export function drawAugment(specs: readonly AugmentSpec[], n: number, shape: { n
           perSample[b].push(st ? { inv: invert3(st.m), padding: st.padding } : null);
         }
       });
-      put(warpData(perSample, run.length), 'warp');
-    } else put(drawPhotometric(run[0], n, batchIn, shape.h, shape.w, shape.c, forks[at]), 'photo');
+      putPrefixed(out, warpData(perSample, run.length), `warp${at}.`);
+    } else putPrefixed(out, drawPhotometric(run[0], n, batchIn, shape.h, shape.w, shape.c, forks[at]), `photo${at}.`);
   }
   return out;
 }
@@ -160,20 +155,6 @@ export function applyAugment<T>(o: Ops<T>, x: T, n: number, specs: readonly Augm
 export function augment<T>(o: Ops<T>, x: T, n: number, specs: readonly AugmentSpec[], rng: Rng): T {
   const [n0, h, w, c] = o.shape(x);
   return applyAugment(o, x, n, specs, dataTensors(o, drawAugment(specs, n, { n0, h, w, c }, rng)));
-}
-
-/** The entries of `d` whose names start with `prefix`, without it. */
-export function prefixed<T>(d: Record<string, T>, prefix: string): Record<string, T> {
-  const out: Record<string, T> = {};
-  for (const [k, v] of Object.entries(d)) if (k.startsWith(prefix)) out[k.slice(prefix.length)] = v;
-  return out;
-}
-
-/** The step data's entry `key`, or an error naming what is missing (data drawn for other settings). */
-export function need<T>(d: Record<string, T>, key: string): T {
-  const v = d[key];
-  if (v === undefined) throw new Error(`step data has no '${key}' (drawn for other settings?)`);
-  return v;
 }
 
 /** generate.py's final noise: x + U(0, noiseFac) * N(0, 1), one factor per cutout; the data of addCutoutNoise. */

@@ -36,7 +36,8 @@
 import { UserError } from '../cli/errors.ts';
 import { dataTensors, type Ops } from '../engine/ops.ts';
 import type { Rng } from '../util/rng.ts';
-import { addCutoutNoise, applyAugment, augmentSpecs, drawAugment, drawCutoutNoise, need, prefixed, UPDATED_POOLING_AUGMENTS, type AugmentSpec, type StepData } from './augment.ts';
+import { addCutoutNoise, applyAugment, augmentSpecs, drawAugment, drawCutoutNoise, UPDATED_POOLING_AUGMENTS, type AugmentSpec } from './augment.ts';
+import { need, prefixed, putPrefixed, type StepData } from './step-data.ts';
 
 export const CUT_METHODS = ['latest', 'original', 'updatedpooling', 'nrupdated', 'fast'] as const;
 /** generate.py's default --augments. */
@@ -94,17 +95,14 @@ export function drawCutouts(cfg: CutoutConfig, image: { h: number; w: number; c:
   const { h, w, c } = image;
   const { cutSize, cutn } = cfg;
   const out: StepData = {};
-  const put = (d: StepData, prefix: string) => {
-    for (const [k, v] of Object.entries(d)) out[`${prefix}${k}`] = v;
-  };
   if (cfg.method !== 'latest' && cfg.method !== 'updatedpooling') {
     const b = boxes ?? drawOrigBoxes(rng.fork('boxes'), cutn, cfg.cutPow, h, w, cutSize);
     if (b.length !== cutn) throw new RangeError(`${b.length} crop boxes for ${cutn} cutouts`);
-    put(cropData(b, cutSize, h, w, cropKind(cfg.method)), 'crop.');
+    putPrefixed(out, cropData(b, cutSize, h, w, cropKind(cfg.method)), 'crop.');
   }
   const specs = methodAugments(cfg);
-  if (specs) put(drawAugment(specs, cutn, { n0: cfg.method === 'nrupdated' ? cutn : 1, h: cutSize, w: cutSize, c }, rng.fork('augment')), 'aug.');
-  if (hasNoise(cfg.method)) put(drawCutoutNoise(cfg.noiseFac ?? 0.1, cutn, rng.fork('noise')), 'noise.');
+  if (specs) putPrefixed(out, drawAugment(specs, cutn, { n0: cfg.method === 'nrupdated' ? cutn : 1, h: cutSize, w: cutSize, c }, rng.fork('augment')), 'aug.');
+  if (hasNoise(cfg.method)) putPrefixed(out, drawCutoutNoise(cfg.noiseFac ?? 0.1, cutn, rng.fork('noise')), 'noise.');
   return out;
 }
 

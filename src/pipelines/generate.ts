@@ -12,14 +12,14 @@
 // 'cutouts'/<model>/<step>), image-prompt cutouts ('image-prompt'/<i>). Because a step's randomness depends only on
 // (seed, step), a run resumed from a saved state continues exactly as if it had never stopped.
 import { UserError } from '../cli/errors.ts';
-import { dataTensors, type Executor, type HostData, type HostValue, type TrainingLoop } from '../engine/ops.ts';
+import { dataTensors, type Executor, type HostValue, type TrainingLoop } from '../engine/ops.ts';
 import { encodeImagePixels, encodeText, inputResolution, sphericalDistance, type ClipConfig, type ClipWeights } from '../models/clip.ts';
 import { decode, downsamplingFactor, encode, quantize, vectorQuantizeST, type VqganConfig, type VqganWeights } from '../models/vqgan.ts';
 import { Rng } from '../util/rng.ts';
-import { prefixed } from './augment.ts';
 import { applyCutouts, drawCutouts, makeCutouts, type CutBox, type CutMethod, type CutoutConfig } from './cutouts.ts';
 import { clampToRange, initialLatent, initWeightFactor, initWeightLoss, latentGrid, type InitKind } from './init.ts';
 import { initialOptimizerState, optimizerHyper, optimizerScalars, optimizerStep, stateTensors, type OptimizerHyper, type OptimizerName, type OptimizerState } from './optimizers.ts';
+import { prefixed, putPrefixed, type StepData } from './step-data.ts';
 import { noisePromptEmbedding, parseNoisePrompt, parsePromptList, parseStory, storyPhraseAt, type PromptSpec } from './prompts.ts';
 
 export interface Tokenizer {
@@ -283,17 +283,14 @@ export class Generation<T> {
    * Everything random or step-dependent of iteration i, drawn on the host (LoopSpec.data): per guide model its
    * cutouts' data ('cut<m>.'), the optimiser's step scalars ('opt.'), the init-weight factor.
    */
-  private stepData(i: number): Record<string, HostData> {
-    const out: Record<string, HostData> = {};
-    const put = (d: Record<string, HostData>, prefix: string) => {
-      for (const [k, v] of Object.entries(d)) out[`${prefix}${k}`] = v;
-    };
+  private stepData(i: number): StepData {
+    const out: StepData = {};
     if (this.settings.initWeight) out.initWeight = initWeightFactor(i, this.settings.initWeight);
+    const image = { h: this.sideY, w: this.sideX, c: 3 };
     this.guides.forEach((m, mi) => {
-      const image = { h: this.sideY, w: this.sideX, c: 3 };
-      put(drawCutouts(this.cutoutConfig(m), image, this.rng.fork('cutouts').fork(mi).fork(i), this.options.fixedBoxes?.(i)), `cut${mi}.`);
+      putPrefixed(out, drawCutouts(this.cutoutConfig(m), image, this.rng.fork('cutouts').fork(mi).fork(i), this.options.fixedBoxes?.(i)), `cut${mi}.`);
     });
-    put(optimizerScalars(this.hyper, this.opt.step + 1), 'opt.');
+    putPrefixed(out, optimizerScalars(this.hyper, this.opt.step + 1), 'opt.');
     return out;
   }
 
@@ -309,7 +306,7 @@ export class Generation<T> {
   private losses(z: T, d: Record<string, T>, debug?: { cutouts: T[]; imageEmbeds: T[] }): T {
     const o = this.ex.ops;
     const out: T[] = [];
-    if (this.settings.initWeight) out.push(initWeightLoss(o, z, 0, this.settings.initWeight, d.initWeight));
+    if (this.settings.initWeight) out.push(initWeightLoss(o, z, d.initWeight));
     const image = this.synth(z);
     const embedsPerModel = this.guides.map((m, mi) => {
       const cuts = applyCutouts(o, image, this.cutoutConfig(m), prefixed(d, `cut${mi}.`));

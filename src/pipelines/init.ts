@@ -6,7 +6,7 @@
 //   pixels / gradient       generate.py's random_noise_image / random_gradient_image, then encoded like an image
 // Random draws come from the rng handed in (use rng.fork('init')). `encode` must be what generate.py calls:
 // VQModel.encode's first output (the QUANTIZED latent z_q), NHWC.
-import type { Ops } from '../engine/ops.ts';
+import type { HostValue, Ops } from '../engine/ops.ts';
 import type { Rng } from '../util/rng.ts';
 
 export const INIT_KINDS = ['random-codes', 'image', 'pixels', 'gradient'] as const;
@@ -100,18 +100,19 @@ export async function initialLatent<T>(o: Ops<T>, opts: InitOptions<T>): Promise
 }
 
 /**
- * generate.py's --init_weight term at iteration i: mse(z, 0) * (1 / (2 i + 1)) * init_weight / 2. It pulls z
- * towards ZERO (not towards the initial latent: the script's mse against z_orig is commented out) and fades.
+ * generate.py's --init_weight term at iteration i: mse(z, 0) * (1 / (2 i + 1)) * init_weight / 2, with the factor
+ * (1 / (2 i + 1)) * init_weight / 2 given as a tensor (initWeightFactor). It pulls z towards ZERO (not towards the
+ * initial latent: the script's mse against z_orig is commented out) and fades.
  */
-export function initWeightLoss<T>(o: Ops<T>, z: T, iteration: number, initWeight: number, factor?: T): T {
-  return o.mul(o.mean(o.square(z)), factor ?? o.constant(initWeightFactor(iteration, initWeight).data, []));
+export function initWeightLoss<T>(o: Ops<T>, z: T, factor: T): T {
+  return o.mul(o.mean(o.square(z)), factor);
 }
 
 /**
  * The init-weight loss's factor at `iteration` as step data: a tensor (not an op parameter) so that a compiled
  * step's structure does not change with the iteration.
  */
-export function initWeightFactor(iteration: number, initWeight: number): { data: Float32Array; shape: number[] } {
+export function initWeightFactor(iteration: number, initWeight: number): HostValue {
   return { data: Float32Array.of(((1 / (iteration * 2 + 1)) * initWeight) / 2), shape: [] };
 }
 
