@@ -2,40 +2,25 @@
 // the whole step (forward, gradient to z, Adam, clamp) planned once and replayed, on the software adapter in CI.
 // Same checks and tolerances as generate-parity.ts (MANIFEST.md): losses, grad_z and z after each step, the image.
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { CompiledEngine } from '../src/engine/compiled.ts';
 import { tfExecutor } from '../src/engine/tfjs-ops.ts';
-import { createWebGPUDevice } from '../src/engine/webgpu.ts';
 import { asFloat32 } from '../src/formats/host-tensor.ts';
 import { E2E_FIXTURES, e2eGeneration } from './generate-parity.ts';
-import { assertClose, FIXTURES, maxAbsDiff, nhwcToNchw } from './helpers.ts';
+import { assertClose, maxAbsDiff, missingFixtures, nhwcToNchw, suiteDevice } from './helpers.ts';
 
 // Step 1 compiles a plan without optimiser buffers, step 2 the steady plan, step 3 is the first replay.
 const STEPS = 3;
 
 describe('compiled engine: generate pipeline vs generate.py (software WebGPU)', () => {
+  const gpu = suiteDevice();
   let unavailable: string | undefined;
-  let device: GPUDevice | undefined;
-  before(async () => {
-    const missing = E2E_FIXTURES.filter((f) => !fs.existsSync(path.join(FIXTURES, f)));
-    if (missing.length) {
-      unavailable = `fixtures missing in ${FIXTURES}: ${missing.join(', ')}`;
-      return;
-    }
-    try {
-      device = (await createWebGPUDevice('allow')).device;
-    } catch (e) {
-      unavailable = `no WebGPU adapter: ${(e as Error).message}`;
-    }
-  });
-  after(() => device?.destroy());
+  before(() => void (unavailable = missingFixtures(E2E_FIXTURES) ?? gpu.unavailable));
 
   test(`${STEPS} replayed steps reproduce the reference losses, gradients, latents and images`, async (t) => {
     if (unavailable) return t.skip(unavailable);
-    const engine = new CompiledEngine(device!);
+    const engine = new CompiledEngine(gpu.device!);
     const o = engine.ops;
     const { gen, r, n, c, h, w } = await e2eGeneration(engine.executor, (data, shape) => o.constant(data, shape), STEPS);
     try {
@@ -69,7 +54,7 @@ describe('compiled engine: generate pipeline vs generate.py (software WebGPU)', 
     await tf.setBackend('cpu');
     const overrides = { cutMethod: 'latest' as const, augments: ['Af', 'Pe', 'Ji', 'Er', 'Gn'], cutn: 3, optimizer: 'AdamW' as const, initWeight: 0.5 };
     const ref = await e2eGeneration(tfExecutor, (data, shape) => tf.tensor(data, shape), STEPS, overrides);
-    const engine = new CompiledEngine(device!);
+    const engine = new CompiledEngine(gpu.device!);
     const o = engine.ops;
     const got = await e2eGeneration(engine.executor, (data, shape) => o.constant(data, shape), STEPS, overrides);
     try {

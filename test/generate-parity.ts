@@ -14,8 +14,7 @@ import { ClipTokenizer } from '../src/models/clip-tokenizer.ts';
 import { loadVqgan } from '../src/models/vqgan-load.ts';
 import { weightTensors } from '../src/models/vqgan.ts';
 import { DEFAULT_SETTINGS, Generation, type GenerateSettings } from '../src/pipelines/generate.ts';
-import { assertClose, FIXTURES, nchwToNhwc, nhwcToNchw, startBackend } from './helpers.ts';
-import fs from 'node:fs';
+import { assertClose, FIXTURES, missingFixtures, nchwToNhwc, nhwcToNchw, startBackend } from './helpers.ts';
 import path from 'node:path';
 
 export const E2E_FIXTURES = ['e2e_reference.safetensors', 'tiny_vqgan.ckpt', 'tiny_vqgan.yaml', 'tiny_clip_state.pt', 'bpe_simple_vocab_16e6.txt.gz'];
@@ -68,12 +67,7 @@ export function generateParitySuite(backend: BackendName, opts: { tolScale?: num
   describe(`generate pipeline vs generate.py on ${backend}`, () => {
     let unavailable: string | undefined;
     before(async () => {
-      const missing = E2E_FIXTURES.filter((f) => !fs.existsSync(path.join(FIXTURES, f)));
-      if (missing.length) {
-        unavailable = `fixtures missing in ${FIXTURES}: ${missing.join(', ')}`;
-        return;
-      }
-      unavailable = await startBackend(backend);
+      unavailable = missingFixtures(E2E_FIXTURES) ?? (await startBackend(backend));
     });
     after(async () => {
       await shutdownBackend();

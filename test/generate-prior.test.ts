@@ -12,12 +12,12 @@ import { runSample } from '../src/cli/commands/sample.ts';
 import { UserError } from '../src/cli/errors.ts';
 import { initBackend, shutdownBackend } from '../src/engine/backend.ts';
 import { readRunRecord } from '../src/pipelines/generate-run.ts';
-import { FIXTURES } from './helpers.ts';
+import { FIXTURES, missingFixtures } from './helpers.ts';
 
 const need = ['tiny_transformer_cin.ckpt', 'tiny_transformer_cin.yaml', 'tiny_clip_state.pt', 'bpe_simple_vocab_16e6.txt.gz'];
 let dir: string;
 let backend: string;
-const missing = need.filter((f) => !fs.existsSync(path.join(FIXTURES, f)));
+const missing = missingFixtures(need);
 
 describe('generate --init prior', () => {
   before(async () => {
@@ -42,7 +42,7 @@ describe('generate --init prior', () => {
   });
 
   test('0 iterations give exactly the sample `vqclip sample` draws with the same seed', async (t) => {
-    if (missing.length) return t.skip(`fixtures missing in ${FIXTURES}: ${missing.join(', ')}`);
+    if (missing) return t.skip(missing);
     const g = await runGenerateCommand({ ...base(), iterations: 0, output: path.join(dir, 'g.png') }, { backend });
     const s = await runSample({ ckpt: path.join(FIXTURES, 'tiny_transformer_cin.ckpt'), class: 3, n: 1, topK: 10, seed: 11, output: path.join(dir, 'samples') });
     const [a, b] = await Promise.all([sharp(g.output).raw().toBuffer(), sharp(s.outputs[0]).raw().toBuffer()]);
@@ -54,7 +54,7 @@ describe('generate --init prior', () => {
   });
 
   test('optimises from the prior sample; --from replays it; bad class and missing prior are clear errors', async (t) => {
-    if (missing.length) return t.skip(`fixtures missing in ${FIXTURES}: ${missing.join(', ')}`);
+    if (missing) return t.skip(missing);
     const g = await runGenerateCommand({ ...base(), iterations: 2, saveEvery: 0, output: path.join(dir, 'opt.png') }, { backend });
     assert.equal(g.iteration, 2);
     const again = await runGenerateCommand({ from: g.output, output: path.join(dir, 'opt-again.png'), backend: 'wasm' }, { backend });

@@ -104,3 +104,9 @@ export function suiteDevice(): { device?: GPUDevice; unavailable?: string } {
   after(() => gpu.device?.destroy());
   return gpu;
 }
+
+/** Why a test needing these fixture files must skip (the ones missing from FIXTURES), or undefined when all are there. */
+export function missingFixtures(names: readonly string[]): string | undefined {
+  const missing = names.filter((f) => !fs.existsSync(path.join(FIXTURES, f)));
+  return missing.length ? `fixtures missing in ${FIXTURES}: ${missing.join(', ')}` : undefined;
+}
