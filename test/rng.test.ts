@@ -24,6 +24,40 @@ test('same seed and path give the same stream; the stream is pinned so seeds sta
   assert.deepEqual([c.uint32(), c.uint32(), new Rng(0).uint32()], [1927266916, 1957034584, 3781564968]);
 });
 
+/** The seeding as first written, in BigInt: the state words of (seed, path). */
+function bigIntSeedWords(seed: number, path: string): number[] {
+  const MASK64 = (1n << 64n) - 1n;
+  let h = 0xcbf29ce484222325n;
+  for (const byte of new TextEncoder().encode(path)) h = ((h ^ BigInt(byte)) * 0x100000001b3n) & MASK64;
+  let state = (BigInt(seed) ^ h) & MASK64;
+  const words: number[] = [];
+  while (words.length < 4) {
+    state = (state + 0x9e3779b97f4a7c15n) & MASK64;
+    let z = state;
+    z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & MASK64;
+    z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & MASK64;
+    z ^= z >> 31n;
+    words.push(Number(z & 0xffffffffn), Number(z >> 32n));
+  }
+  return words;
+}
+
+test('the 32-bit seeding equals the 64-bit BigInt definition for any seed and path', () => {
+  const paths = ['', 'cutouts', 'cutouts/0/17', 'augment/Af#2', 'é/漢字/🎨', 'x'.repeat(300)];
+  const seeds = [0, 1, 42, 0xffffffff, 2 ** 32, 2 ** 32 + 1, 2 ** 52 + 12345, Number.MAX_SAFE_INTEGER];
+  const pick = new Rng(99);
+  for (let i = 0; i < 200; i++) seeds.push(pick.int(2 ** 32) * 2 ** 21 + pick.int(2 ** 21));
+  for (let i = 0; i < 50; i++) paths.push(Array.from({ length: 1 + pick.int(40) }, () => String.fromCharCode(32 + pick.int(5000))).join(''));
+  for (const seed of seeds) {
+    for (const path of paths) {
+      const r = new Rng(seed, path) as unknown as { s0: number; s1: number; s2: number; s3: number };
+      const want = bigIntSeedWords(seed, path);
+      if (want.every((w) => w === 0)) want[0] = 1;
+      assert.deepEqual([r.s0, r.s1, r.s2, r.s3], want, `seed ${seed} path ${JSON.stringify(path)}`);
+    }
+  }
+});
+
 test('forks depend only on (seed, path), never on how much the parent drew', () => {
   const root = new Rng(7);
   const before = root.fork('init').fork(3);
