@@ -180,12 +180,13 @@ function drawSeed(rng: Rng): Int32Array {
 
 export type Mat3 = number[]; // row-major 3x3
 
-const mul3 = (a: Mat3, b: Mat3): Mat3 =>
-  Array.from({ length: 9 }, (_, k) => {
-    const r = Math.floor(k / 3);
-    const c = k % 3;
-    return a[r * 3] * b[c] + a[r * 3 + 1] * b[3 + c] + a[r * 3 + 2] * b[6 + c];
-  });
+function mul3(a: Mat3, b: Mat3): Mat3 {
+  const out = new Array<number>(9);
+  for (let r = 0; r < 3; r++) {
+    for (let c = 0; c < 3; c++) out[r * 3 + c] = a[r * 3] * b[c] + a[r * 3 + 1] * b[3 + c] + a[r * 3 + 2] * b[6 + c];
+  }
+  return out;
+}
 
 export function invert3(m: Mat3): Mat3 {
   const [a, b, c, d, e, f, g, h, i] = m;
@@ -194,8 +195,7 @@ export function invert3(m: Mat3): Mat3 {
   const C = d * h - e * g;
   const det = a * A + b * B + c * C;
   if (Math.abs(det) < 1e-300) throw new RangeError('singular transform');
-  const inv = [A, -(b * i - c * h), b * f - c * e, B, a * i - c * g, -(a * f - c * d), C, -(a * h - b * g), a * e - b * d];
-  return inv.map((v) => v / det);
+  return [A / det, -(b * i - c * h) / det, (b * f - c * e) / det, B / det, (a * i - c * g) / det, -(a * f - c * d) / det, C / det, -(a * h - b * g) / det, (a * e - b * d) / det];
 }
 
 /** kornia get_affine_matrix2d(translations, center, scale, angle, sx, sy) with sy = 0 and scale 1. */
@@ -211,26 +211,34 @@ export function affineMatrix(angleDeg: number, tx: number, ty: number, shearXDeg
 
 /** The homography taking the four `src` points to the four `dst` points (kornia get_perspective_transform). */
 export function perspectiveMatrix(src: [number, number][], dst: [number, number][]): Mat3 {
-  // Unknowns h0..h7 with h8 = 1; two equations per correspondence; Gaussian elimination with partial pivoting.
-  const A: number[][] = [];
+  // Unknowns h0..h7 with h8 = 1; two equations per correspondence; Gauss-Jordan elimination with partial pivoting
+  // on the 8 x 9 augmented matrix (row r at r * 9; rows are swapped through `row`, not moved).
+  const A = new Float64Array(72);
   for (let k = 0; k < 4; k++) {
     const [x, y] = src[k];
     const [u, v] = dst[k];
-    A.push([x, y, 1, 0, 0, 0, -x * u, -y * u, u]);
-    A.push([0, 0, 0, x, y, 1, -x * v, -y * v, v]);
+    A.set([x, y, 1, 0, 0, 0, -x * u, -y * u, u], 18 * k);
+    A.set([0, 0, 0, x, y, 1, -x * v, -y * v, v], 18 * k + 9);
   }
+  const row = [0, 9, 18, 27, 36, 45, 54, 63];
   for (let col = 0; col < 8; col++) {
     let piv = col;
-    for (let r = col + 1; r < 8; r++) if (Math.abs(A[r][col]) > Math.abs(A[piv][col])) piv = r;
-    [A[col], A[piv]] = [A[piv], A[col]];
-    if (Math.abs(A[col][col]) < 1e-12) throw new RangeError('degenerate perspective points');
+    for (let r = col + 1; r < 8; r++) if (Math.abs(A[row[r] + col]) > Math.abs(A[row[piv] + col])) piv = r;
+    const p = row[piv];
+    row[piv] = row[col];
+    row[col] = p;
+    if (Math.abs(A[p + col]) < 1e-12) throw new RangeError('degenerate perspective points');
     for (let r = 0; r < 8; r++) {
       if (r === col) continue;
-      const f = A[r][col] / A[col][col];
-      for (let c = col; c < 9; c++) A[r][c] -= f * A[col][c];
+      const q = row[r];
+      const f = A[q + col] / A[p + col];
+      for (let c = col; c < 9; c++) A[q + c] -= f * A[p + c];
     }
   }
-  return [...Array.from({ length: 8 }, (_, r) => A[r][8] / A[r][r]), 1];
+  const m: Mat3 = new Array<number>(9);
+  for (let r = 0; r < 8; r++) m[r] = A[row[r] + 8] / A[row[r] + r];
+  m[8] = 1;
+  return m;
 }
 
 /** One geometric stage for one sample: its forward matrix and padding, or null when not applied. */
@@ -439,12 +447,14 @@ function meanGrey<T>(o: Ops<T>, x: T): T {
   return o.sum(o.mul(o.mean(x, [1, 2], true), o.constant(GREY_DATA, [1, 1, 1, 3])), [3], true);
 }
 
+const YIQ: Mat3 = [0.299, 0.587, 0.114, 0.596, -0.274, -0.322, 0.211, -0.523, 0.312];
+const YIQ_INVERSE = invert3(YIQ);
+
 /** Hue rotation by `turns` of a full circle as a 3x3 RGB matrix (rotation of I/Q in YIQ space). */
 export function hueMatrix(turns: number): Mat3 {
-  const T: Mat3 = [0.299, 0.587, 0.114, 0.596, -0.274, -0.322, 0.211, -0.523, 0.312];
   const a = turns * 2 * Math.PI;
   const R: Mat3 = [1, 0, 0, 0, Math.cos(a), -Math.sin(a), 0, Math.sin(a), Math.cos(a)];
-  return mul3(invert3(T), mul3(R, T));
+  return mul3(YIQ_INVERSE, mul3(R, YIQ));
 }
 
 /** The transforms of a jitter spec that are enabled (brightness, contrast, saturation, hue = 0..3), a static count. */
@@ -481,11 +491,12 @@ function drawPhotometric(spec: AugmentSpec, n: number, n0: number, h: number, w:
         .forEach((op, slot) => {
           const mats = new Float32Array(n * 9);
           const k = new Float32Array(n);
+          const factors = [fb, fc, fs][op];
           for (let b = 0; b < n; b++) {
             const m = mats.subarray(b * 9, (b + 1) * 9);
             if (op === 3) m.set(hues[b] === 0 ? IDENTITY3 : hueMatrix(hues[b]));
             else {
-              const f = [fb, fc, fs][op][b];
+              const f = factors[b];
               for (let r = 0; r < 3; r++) for (let q = 0; q < 3; q++) m[r * 3 + q] = (r === q ? f : 0) + (op === 2 ? (1 - f) * GREY[q] : 0);
               if (op === 1) k[b] = 1 - f;
             }
