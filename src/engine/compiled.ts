@@ -13,6 +13,13 @@
 //   replayed: each step re-runs its functions on a ReplayOps, which checks that the structure is the recorded one
 //   and collects the constants that changed. A structure change (the optimiser's buffers appearing after its first
 //   step, step data of other names or shapes, a replay that differs) is handled by compiling again.
+//
+// Precision: 'f32' (default) keeps every value in float32. 'f16' stores the large weights (constants read as the
+// weight of conv2d, conv2dGradInput and matmul, from HALF_MIN_ELEMENTS elements) as IEEE halves, packed two per u32
+// and unpacked in the kernels' loads with WGSL's core unpack2x16float: half the constant memory and weight bandwidth,
+// arithmetic and accumulation still f32, activations f32 (measured against f32: test/compiled-f16.test.ts, README).
+// NOT built: native f16 arithmetic (shader-f16) and tensor-core (cooperative/subgroup matrix) kernels, which need a
+// device with those features (e.g. an H200 with Dawn's allow_unsafe_apis and vulkan_enable_f16_on_nvidia toggles).
 import { gradient } from './graph/autodiff.ts';
 import { fuseElementwise } from './graph/fuse.ts';
 import type { Graph, Node } from './graph/ir.ts';
@@ -20,10 +27,19 @@ import { GraphBuilder, type Recording, type Sym } from './graph/trace.ts';
 import type { Executor, HostData, HostValue, LoopSpec as LoopSpecOf, Ops, TrainingLoop } from './ops.ts';
 import { compilePlan, type CompiledGraph } from './wgsl/executor.ts';
 import { DEFAULT_LIMITS, type KernelLimits } from './wgsl/kernel.ts';
-import { lowerings } from './wgsl/lowerings.ts';
+import { halfInputs, lowerings } from './wgsl/lowerings.ts';
 import { planGraph, type Plan } from './wgsl/plan.ts';
 
 type Data = Float32Array | Int32Array;
+
+export const PRECISIONS = ['f32', 'f16'] as const;
+export type Precision = (typeof PRECISIONS)[number];
+
+/**
+ * Smallest constant stored as f16 under precision 'f16' (4 KiB as f32): below it the bytes saved are negligible, and
+ * small operands are as often settled values (prompt embeddings) as weights.
+ */
+export const HALF_MIN_ELEMENTS = 1024;
 
 /** The ancestors of `outputs` as a graph of their own (ids renumbered, order kept); newId[old] = new id or -1. */
 export function extractGraph(g: Graph, outputs: Record<string, number>): { graph: Graph; newId: Int32Array } {
@@ -94,9 +110,10 @@ export class CompiledEngine {
 
   constructor(
     readonly device: GPUDevice,
-    opts: { maxCachedPlans?: number; submit?: boolean } = {},
+    opts: { maxCachedPlans?: number; submit?: boolean; precision?: Precision } = {},
   ) {
     this.maxCached = opts.maxCachedPlans ?? 8;
+    this.precision = opts.precision ?? 'f32';
     this.submit = opts.submit ?? true;
     const l = device.limits;
     this.limits = {
@@ -140,6 +157,8 @@ export class CompiledEngine {
   }
 
   private readonly maxCached: number;
+  /** How weights are stored (see the header). */
+  readonly precision: Precision;
   /** false: plans are encoded but never submitted (host-time benchmarks, see CompileOptions.submit). */
   private readonly submit: boolean;
 
@@ -165,6 +184,7 @@ export class CompiledEngine {
       alignment: Math.max(16, l.minStorageBufferOffsetAlignment),
       maxBindingSize: l.maxStorageBufferBindingSize,
       maxBufferSize: l.maxBufferSize,
+      f16Weights: this.precision === 'f16' ? { inputs: halfInputs, minElements: HALF_MIN_ELEMENTS } : undefined,
     });
   }
 

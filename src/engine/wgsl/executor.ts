@@ -12,6 +12,7 @@
 // use and tie every bind group to one pipeline.
 import type { Plan, PlannedTensor, Slot } from './plan.ts';
 import { checkHostData } from './plan.ts';
+import { packHalves } from './half.ts';
 
 export interface CompileOptions {
   /**
@@ -36,7 +37,7 @@ export interface CompiledGraph {
   read(name: string): Promise<Float32Array | Int32Array>;
   /** The single element of an output of size 1 (e.g. the loss). */
   readScalar(name: string): Promise<number>;
-  /** Replaces a constant's data (node id) from the next run on: one small writeBuffer. */
+  /** Replaces a constant's data (node id) from the next run on: one small writeBuffer (packed for an f16 constant). */
   updateConst(node: number, data: Float32Array | Int32Array): void;
   destroy(): void;
   /** performance.now() around the last run's input writes + encoding + submit (not GPU time). */
@@ -50,8 +51,11 @@ export interface CompiledGraph {
   readonly stats: { dispatches: number; pipelines: number; pipelineSwitches: number; bindGroups: number; buffers: number; arenaBytes: number; constBytes: number };
 }
 
-const write = (device: GPUDevice, buffer: GPUBuffer, offset: number, data: Float32Array | Int32Array): void =>
+const write = (device: GPUDevice, buffer: GPUBuffer, offset: number, data: Float32Array | Int32Array | Uint32Array): void =>
   device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, data.byteLength);
+
+/** A constant's bytes as stored: its data, or packed halves (plan.ts f16Weights). */
+const constBytes = (c: Plan['consts'][number], data: Float32Array | Int32Array) => (c.storage === 'f16' ? packHalves(data as Float32Array) : data);
 
 /** Creates every GPU object the plan needs and uploads the constants. Throws on shader or validation errors. */
 export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOptions = {}): Promise<CompiledGraph> {
@@ -67,7 +71,7 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
   device.pushErrorScope('validation');
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
   const buffers = plan.buffers.map((b, i) => device.createBuffer({ size: Math.max(16, Math.ceil(b.size / 16) * 16), usage, label: `${b.kind} ${i}` }));
-  for (const c of plan.consts) write(device, buffers[c.slot.buffer], c.slot.offset, c.data);
+  for (const c of plan.consts) write(device, buffers[c.slot.buffer], c.slot.offset, constBytes(c, c.data));
   const bounceBytes = Math.max(0, ...carry.filter((c) => c.from.buffer === c.to.buffer).map((c) => c.from.size));
   const bounce = bounceBytes > 0 ? device.createBuffer({ size: Math.ceil(bounceBytes / 16) * 16, usage, label: 'carry bounce' }) : undefined;
   if (bounce) buffers.push(bounce);
@@ -212,7 +216,7 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
       const c = constByNode.get(node);
       if (!c) throw new Error(`node ${node} is not a constant of this plan`);
       checkHostData(c, data, `constant %${node}`);
-      write(device, buffers[c.slot.buffer], c.slot.offset, data);
+      write(device, buffers[c.slot.buffer], c.slot.offset, constBytes(c, data));
     },
 
     destroy() {

@@ -10,14 +10,26 @@
 // tensors and array<i32> for i32. The entry point is `main`. Buffers may be sub-ranges of a larger arena: never
 // assume a binding starts at offset 0 of anything, and use arrayLength() only if you must.
 //
+// f16 weight storage (CompiledEngine precision 'f16'): an input whose TensorInfo has `storage: 'f16'` is bound as
+// `array<u32>` holding IEEE halves packed two per word (element 2j in the low 16 bits of word j, element 2j+1 in the
+// high bits, a last odd element padded with 0) and is read with WGSL's core builtin unpack2x16float (no device
+// feature needed): storage only, every kernel still computes and accumulates in f32. The planner gives that storage
+// only to constants (weights) whose every reader lists the input in its lowering module's HalfInputs, so a lowering
+// sees it only where it said it can read it (kernels/common.ts: inputBuffer / inputAt). Native f16 arithmetic
+// (shader-f16, `KernelLimits.f16`) and tensor-core (cooperative/subgroup matrix) kernels are NOT built: they need a
+// device with those features (e.g. an H200 with Dawn's allow_unsafe_apis and vulkan_enable_f16_on_nvidia toggles).
+//
 // Limits to respect (WebGPU defaults, the software adapter has them too): at most 65535 workgroups per grid
 // dimension (spread large launches over x and y), 256 invocations per workgroup by default, 16 KiB workgroup
 // memory by default (32 KiB on the software adapter, more on discrete GPUs), at most 8 storage buffers per stage.
 import type { Attrs, DType, OpName } from '../graph/ir.ts';
+import { packHalves } from './half.ts';
 
 export interface TensorInfo {
   shape: number[];
   dtype: DType;
+  /** Only on inputs a lowering listed in its HalfInputs: 'f16' = packed halves (see the header); absent = dtype. */
+  storage?: 'f16';
 }
 
 export interface KernelNode<K extends OpName = OpName> {
@@ -68,9 +80,14 @@ export const DEFAULT_LIMITS: KernelLimits = {
 
 export type Lowering<K extends OpName = OpName> = (node: KernelNode<K>, limits: KernelLimits) => Lowered;
 export type Lowerings = { [K in OpName]?: Lowering<K> };
+/** Per node kind: the f32 inputs of this node its lowering can read stored as packed f16 (`storage: 'f16'`). */
+export type HalfInputs = { [K in OpName]?: (node: KernelNode<K>) => number[] };
 
 export const elementBytes = (dtype: DType): number => (dtype === 'f32' || dtype === 'i32' ? 4 : 4);
-export const byteSize = (t: TensorInfo): number => Math.max(4, t.shape.reduce((a, b) => a * b, 1) * elementBytes(t.dtype));
+export const byteSize = (t: TensorInfo): number => {
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  return Math.max(4, t.storage === 'f16' ? Math.ceil(n / 2) * 4 : n * elementBytes(t.dtype));
+};
 
 /**
  * A 1-D launch of `count` invocations in workgroups of `size`, spread over x and y so that no grid dimension exceeds
@@ -107,6 +124,8 @@ export function conformedCode(d: Dispatch): string {
 export interface HostTensorData {
   data: Float32Array | Int32Array;
   shape: number[];
+  /** 'f16': the (f32) data is uploaded as packed halves, for an input the lowered node has with that storage. */
+  storage?: 'f16';
 }
 
 /**
@@ -123,8 +142,9 @@ export async function runLowered(device: GPUDevice, lowered: Lowered, inputs: Ho
   };
   try {
     const inBufs = inputs.map((t) => {
-      const b = buffer(t.data.byteLength);
-      device.queue.writeBuffer(b, 0, t.data.buffer, t.data.byteOffset, t.data.byteLength);
+      const data = t.storage === 'f16' ? packHalves(t.data as Float32Array) : t.data;
+      const b = buffer(data.byteLength);
+      device.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength);
       return b;
     });
     const outBytes = byteSize(output);

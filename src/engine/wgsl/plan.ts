@@ -14,8 +14,10 @@
 // alternates between two groups; a node reading both takes a third.
 // Reshape-like lowerings (`alias`) make no dispatch: the output is the same bytes as the input, so the input's
 // lifetime is extended over the output's readers. Nodes no output depends on are dropped.
+// With `f16Weights`, large f32 constants that every reader can read as packed halves (the kernel modules' HalfInputs:
+// conv and matmul weights) are stored that way: half the constant bytes; the executor packs them at upload.
 import { describeNode, sizeOf, type DType, type Graph, type Node } from '../graph/ir.ts';
-import { byteSize, conformedCode, type KernelLimits, type KernelNode, type Lowered, type Lowerings } from './kernel.ts';
+import { byteSize, conformedCode, type HalfInputs, type KernelLimits, type KernelNode, type Lowered, type Lowerings, type TensorInfo } from './kernel.ts';
 
 /** A byte range of one of the plan's buffers: what a binding, an upload or a readback refers to. */
 export interface Slot {
@@ -58,8 +60,8 @@ export interface Plan {
   inputs: Record<string, PlannedTensor>;
   /** Graph outputs by name: read after a run. */
   outputs: Record<string, PlannedTensor>;
-  /** Constants: uploaded once (and by updateConst). */
-  consts: Array<PlannedTensor & { data: Float32Array | Int32Array }>;
+  /** Constants: uploaded once (and by updateConst); `storage` 'f16': the f32 data goes up as packed halves. */
+  consts: Array<PlannedTensor & { data: Float32Array | Int32Array; storage?: 'f16' }>;
   memory: {
     /** Sum of the arena buffers' sizes: the peak bytes the plan needs for non-constant values. */
     arenaBytes: number;
@@ -78,6 +80,11 @@ export interface PlanOptions {
   maxBindingSize: number;
   /** Largest buffer (device.limits.maxBufferSize): arenas and constant buffers are split to stay under it. */
   maxBufferSize: number;
+  /**
+   * Store f32 constants of at least `minElements` as packed f16 where every reader lists them in `inputs` (weights;
+   * see kernel.ts's header). Absent: every constant stays in its dtype.
+   */
+  f16Weights?: { inputs: HalfInputs; minElements: number };
 }
 
 /** A block to place: `size` bytes live at times start..end inclusive, in arenas of `group` only. */
@@ -161,7 +168,28 @@ interface Step {
   scratchBlocks: number[];
 }
 
-const tensorOf = (n: Node) => ({ shape: n.shape, dtype: n.dtype });
+const tensorOf = (n: Node): TensorInfo => ({ shape: n.shape, dtype: n.dtype });
+
+/**
+ * The constants to store as f16: f32, at least `minElements`, not a graph output, and every needed node reading one
+ * lists each input position it reads it at in its HalfInputs.
+ */
+function halfConstants(g: Graph, needed: Uint8Array, outputIds: Set<number>, opt: NonNullable<PlanOptions['f16Weights']>): Set<number> {
+  const nodes = g.nodes;
+  const accepted = new Map<number, boolean>();
+  for (const n of nodes) {
+    if (!needed[n.id]) continue;
+    let positions: number[] | undefined;
+    n.inputs.forEach((j, p) => {
+      const c = nodes[j];
+      if (c.op !== 'const' || c.dtype !== 'f32' || sizeOf(c.shape) < opt.minElements || outputIds.has(j)) return;
+      const which = opt.inputs[n.op] as ((k: KernelNode) => number[]) | undefined;
+      positions ??= which?.({ op: n.op, attrs: n.attrs, inputs: n.inputs.map((i) => tensorOf(nodes[i])), output: tensorOf(n) }) ?? [];
+      accepted.set(j, (accepted.get(j) ?? true) && positions.includes(p));
+    });
+  }
+  return new Set([...accepted].filter(([, ok]) => ok).map(([j]) => j));
+}
 
 /**
  * Lowers every node `g.outputs` depends on and places every value. Throws naming the node when a kind has no
@@ -175,6 +203,9 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
   for (const id of outputIds) needed[id] = 1;
   for (let i = nodes.length - 1; i >= 0; i--) if (needed[i]) for (const j of nodes[i].inputs) needed[j] = 1;
 
+  const half = opts.f16Weights ? halfConstants(g, needed, outputIds, opts.f16Weights) : new Set<number>();
+  const stored = (i: number): TensorInfo => (half.has(i) ? { ...tensorOf(nodes[i]), storage: 'f16' } : tensorOf(nodes[i]));
+
   // Lower, and resolve aliases to the node whose bytes they are.
   const root = nodes.map((n) => n.id);
   const steps: Step[] = [];
@@ -182,7 +213,7 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
     if (!needed[n.id] || n.op === 'const' || n.op === 'input') continue;
     const lower = lowerings[n.op] as ((k: KernelNode, l: KernelLimits) => Lowered) | undefined;
     if (!lower) throw new Error(`no WGSL lowering for ${n.op}: ${describeNode(g, n)}`);
-    const k: KernelNode = { op: n.op, attrs: n.attrs, inputs: n.inputs.map((i) => tensorOf(nodes[i])), output: tensorOf(n) };
+    const k: KernelNode = { op: n.op, attrs: n.attrs, inputs: n.inputs.map(stored), output: tensorOf(n) };
     let lowered: Lowered;
     try {
       lowered = lower(k, limits);
@@ -259,7 +290,7 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
   for (const r of first.keys()) {
     const n = nodes[r];
     if (n.op !== 'const') continue;
-    const size = byteSize(tensorOf(n));
+    const size = byteSize(stored(r));
     if (size > opts.maxBindingSize) throw new Error(`constant of ${size} bytes exceeds the binding limit: ${describeNode(g, n)}`);
     let cur = buffers[buffers.length - 1];
     if (cur?.kind !== 'const' || alignUp(cur.size, opts.alignment) + size > opts.maxBufferSize) {
@@ -269,7 +300,8 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
     const slot: Slot = { buffer: buffers.length - 1, offset: alignUp(cur.size, opts.alignment), size };
     cur.size = slot.offset + size;
     constSlot.set(r, slot);
-    consts.push({ node: r, shape: n.shape, dtype: n.dtype, slot, data: (n.attrs as { data: Float32Array | Int32Array }).data });
+    const data = (n.attrs as { data: Float32Array | Int32Array }).data;
+    consts.push({ node: r, shape: n.shape, dtype: n.dtype, slot, data, ...(half.has(r) ? { storage: 'f16' as const } : {}) });
     constBytes += size;
   }
 

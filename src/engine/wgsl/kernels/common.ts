@@ -1,7 +1,7 @@
 // WGSL source helpers shared by the kernel modules: bindings, 1-D launches, and index arithmetic over baked shapes.
 // Every index is u32 (tensors here stay below 2^32 elements).
 import type { DType } from '../../graph/ir.ts';
-import { grid1d, type KernelLimits } from '../kernel.ts';
+import { grid1d, type KernelLimits, type TensorInfo } from '../kernel.ts';
 
 /** Invocations per workgroup of plain elementwise launches (the default limit). */
 export const WG = 256;
@@ -17,6 +17,22 @@ export const u32Literal = (n: number): string => {
 export function buffer(i: number, name: string, type: string, write = false): string {
   return `@group(0) @binding(${i}) var<storage, ${write ? 'read_write' : 'read'}> ${name}: array<${type}>;`;
 }
+
+/**
+ * The read-only buffer `name` at binding `i` for input `t`: `array<f32>`/`array<i32>` by dtype, or for f16 storage
+ * (kernel.ts's header) `array<u32>` of packed halves plus a reader function; read it with inputAt.
+ */
+export function inputBuffer(i: number, name: string, t: TensorInfo): string {
+  if (t.storage !== 'f16') return buffer(i, name, wgslType(t.dtype));
+  return `${buffer(i, name, 'u32')}
+fn ${name}_h(i: u32) -> f32 {
+  let p = unpack2x16float(${name}[i >> 1u]);
+  return select(p.x, p.y, (i & 1u) == 1u);
+}`;
+}
+
+/** WGSL expression of element `index` of the input buffer `name` declared by inputBuffer for `t`. */
+export const inputAt = (name: string, index: string, t: TensorInfo): string => (t.storage === 'f16' ? `${name}_h(${index})` : `${name}[${index}]`);
 
 export const strides = (shape: readonly number[]): number[] => {
   const s = new Array<number>(shape.length).fill(1);

@@ -17,7 +17,8 @@
 // Both take their buffers and the store from the caller (ConvIo), as matmul does, so that a fused elementwise group
 // reading the result (kernels/fused.ts) runs in the GEMM's store: every output element is stored exactly once, by the
 // GEMM or, for the input gradient's untouched pixels, by the fill with v = 0.
-import { grid1d, type Dispatch, type KernelLimits, type KernelNode, type Lowerings } from '../kernel.ts';
+import { grid1d, type Dispatch, type HalfInputs, type KernelLimits, type KernelNode, type Lowerings, type TensorInfo } from '../kernel.ts';
+import { buffer, inputAt, inputBuffer } from './common.ts';
 import { gemmDispatch } from './gemm.ts';
 
 const shapeText = (s: number[]) => `[${s.join(',')}]`;
@@ -25,7 +26,8 @@ const shapeText = (s: number[]) => `[${s.join(',')}]`;
 /**
  * Where a conv reads and writes: `decls` declares the buffers (bindings in the order of `bindings`), `inputs` names
  * the node's operands' buffers in its input order (conv2d: x, w, bias if any; conv2dGradInput: dy, w), and `store` is
- * WGSL statements that write `v`, the output element (bias included) at the flat NHWC index `i`.
+ * WGSL statements that write `v`, the output element (bias included) at the flat NHWC index `i`. A weight whose
+ * `node.inputs[1].storage` is 'f16' must be declared by common.ts's inputBuffer (it is read by inputAt).
  */
 export interface ConvIo {
   decls: string;
@@ -60,7 +62,7 @@ ${io.decls}
 fn loadA(bz: u32, m: u32, k: u32) -> f32 {${loadA}
 }
 fn loadB(bz: u32, k: u32, n: u32) -> f32 {
-  return ${w}[k * ${Cout}u + n];
+  return ${inputAt(w, `k * ${Cout}u + n`, node.inputs[1])};
 }
 fn store(bz: u32, m: u32, n: u32, acc: f32) {
   let i = m * ${Cout}u + n;
@@ -129,7 +131,7 @@ fn loadA(bz: u32, m: u32, k: u32) -> f32 {
   return ${gDy}[m * ${Cout}u + k];
 }
 fn loadB(bz: u32, k: u32, n: u32) -> f32 {
-  return ${gW}[n * ${Cout}u + k];
+  return ${inputAt(gW, `n * ${Cout}u + k`, node.inputs[1])};
 }
 fn store(bz: u32, m: u32, n: u32, v: f32) {
   let ox = m % ${Wo}u;
@@ -187,7 +189,7 @@ fn loadB(bz: u32, k: u32, n: u32) -> f32 {
   let co = k % ${Cout}u;
   let kx = ${kx0}u + ${s}u * ((k / ${Cout}u) % ${ntxDiv}u);
   let ky = ${ky0}u + ${s}u * (k / ${Cout * ntxDiv}u);
-  return ${gW}[((ky * ${kw}u + kx) * ${Cin}u + n) * ${Cout}u + co];
+  return ${inputAt(gW, `((ky * ${kw}u + kx) * ${Cin}u + n) * ${Cout}u + co`, node.inputs[1])};
 }
 fn store(bz: u32, m: u32, n: u32, v: f32) {
   let col = m % ${Wp}u;
@@ -210,9 +212,9 @@ ${io.store}
 }
 
 /** The single-node kernels' buffers: inputs in order, then the output `cvOut`, stored plainly. */
-function plainIo(inputs: number): ConvIo {
-  const names = [...Array(inputs).keys()].map((k) => `cvIn${k}`);
-  const decls = [...names.map((n, k) => `@group(0) @binding(${k}) var<storage, read> ${n}: array<f32>;`), `@group(0) @binding(${inputs}) var<storage, read_write> cvOut: array<f32>;`];
+function plainIo(inputs: TensorInfo[]): ConvIo {
+  const names = inputs.map((_, k) => `cvIn${k}`);
+  const decls = [...names.map((n, k) => inputBuffer(k, n, inputs[k])), buffer(inputs.length, 'cvOut', 'f32', true)];
   return {
     decls: decls.join('\n'),
     inputs: names,
@@ -222,6 +224,9 @@ function plainIo(inputs: number): ConvIo {
 }
 
 export const lowerings: Lowerings = {
-  conv2d: (node, limits) => ({ dispatches: [conv2dDispatch(node, plainIo(node.inputs.length), limits)] }),
-  conv2dGradInput: (node, limits) => ({ dispatches: conv2dGradInputDispatches(node, plainIo(2), limits) }),
+  conv2d: (node, limits) => ({ dispatches: [conv2dDispatch(node, plainIo(node.inputs), limits)] }),
+  conv2dGradInput: (node, limits) => ({ dispatches: conv2dGradInputDispatches(node, plainIo(node.inputs), limits) }),
 };
+
+/** The weight (input 1) may be stored as f16; x, dy and the bias stay f32. */
+export const halfInputs: HalfInputs = { conv2d: () => [1], conv2dGradInput: () => [1] };

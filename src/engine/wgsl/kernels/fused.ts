@@ -9,9 +9,9 @@
 // element at its permuted place.
 import type { Attrs, FusedStep, NormKind } from '../../graph/ir.ts';
 import { fusedFrames } from '../../graph/fuse.ts';
-import type { KernelLimits, KernelNode, Lowered, Lowerings, TensorInfo } from '../kernel.ts';
+import type { HalfInputs, KernelLimits, KernelNode, Lowered, Lowerings, TensorInfo } from '../kernel.ts';
 import { broadcastIndex, broadcastStrides, binaryExpr, ELEMENTWISE_HELPERS, unaryExpr } from './elementwise.ts';
-import { buffer, kernel1d, prod, stridedOffsets, strides } from './common.ts';
+import { buffer, inputBuffer, kernel1d, prod, stridedOffsets, strides } from './common.ts';
 import { mergeDims } from './layout.ts';
 import { conv2dDispatch, conv2dGradInputDispatches } from './conv.ts';
 import { matmulDispatch } from './matmul.ts';
@@ -111,7 +111,7 @@ function lowerFused(node: KernelNode<'fused'>, limits: KernelLimits): Lowered {
   const last = steps[steps.length - 1];
   if (!last || prod(last.shape) !== prod(out)) throw new Error(`fused: the last step's shape [${last?.shape}] is not the output's [${out}]`);
   const fns = steps.flatMap((s) => (s.op === 'unary' || s.op === 'binary' ? [s.attrs.fn] : []));
-  const decls = [...node.inputs.map((_, k) => buffer(k, `fIn${k}`, 'f32')), buffer(node.inputs.length, 'fOut', 'f32', true), ELEMENTWISE_HELPERS].join('\n');
+  const decls = [...node.inputs.map((t, k) => inputBuffer(k, `fIn${k}`, t)), buffer(node.inputs.length, 'fOut', 'f32', true), ELEMENTWISE_HELPERS].join('\n');
   const bindings = [...node.inputs.map((_, i) => ({ input: i })), { output: true as const }];
   const store = `${groupStatements(steps, node.inputs, out)}\n${finalStore(steps)}`;
 
@@ -137,7 +137,10 @@ function lowerFused(node: KernelNode<'fused'>, limits: KernelLimits): Lowered {
     return { view: undefined, k: x.input };
   });
   const names = operands.map((o) => `fIn${o.k}`);
-  const lead = { inputs: operands.map((o) => (o.view ? { shape: o.view.shape, dtype: 'f32' as const } : node.inputs[o.k])), output: { shape: s.shape, dtype: 'f32' as const } };
+  const lead = {
+    inputs: operands.map((o) => (o.view ? { shape: o.view.shape, dtype: 'f32' as const, storage: node.inputs[o.k].storage } : node.inputs[o.k])),
+    output: { shape: s.shape, dtype: 'f32' as const },
+  };
   const tr = steps.some((t) => t.op === 'transpose') ? ' (transposed)' : '';
   const label = `${s.op}+fused${tr} ${fns.join(',')} ${lead.inputs.map((t) => `[${t.shape}]`).join('x')} -> [${out}]`;
   if (s.op === 'matmul') {
@@ -153,3 +156,33 @@ function lowerFused(node: KernelNode<'fused'>, limits: KernelLimits): Lowered {
 }
 
 export const lowerings: Lowerings = { fused: lowerFused };
+
+/**
+ * A GEMM-led group reads its lead's weight operand (conv: w; matmul: either operand, directly or through a transposed
+ * view) with the lead's loads, which can read packed f16 (conv.ts, matmul.ts); an input the group also reads
+ * elsewhere (an epilogue step, a final transpose) stays f32.
+ */
+function fusedHalfInputs(node: KernelNode<'fused'>): number[] {
+  const { steps } = node.attrs as Attrs['fused'];
+  const lead = steps.find(isLead);
+  if (!lead || !(lead.op === 'matmul' || lead.op === 'conv2d' || lead.op === 'conv2dGradInput')) return [];
+  const leadIndex = steps.indexOf(lead);
+  const out: number[] = [];
+  for (const p of lead.op === 'matmul' ? [0, 1] : [1]) {
+    const a = lead.args[p];
+    let reader = leadIndex;
+    if ('step' in a) {
+      // A view: a transpose (not the last step) of an input that only the lead reads.
+      const view = steps[a.step];
+      if (view.op !== 'transpose' || a.step === steps.length - 1 || !('input' in view.args[0])) continue;
+      if (steps.some((t, j) => j !== leadIndex && t.args.some((x) => 'step' in x && x.step === a.step))) continue;
+      reader = a.step;
+    }
+    const k = 'input' in a ? a.input : (steps[a.step].args[0] as { input: number }).input;
+    const readers = steps.flatMap((t, j) => t.args.filter((x) => 'input' in x && x.input === k).map(() => j));
+    if (readers.every((j) => j === reader) && !out.includes(k)) out.push(k);
+  }
+  return out;
+}
+
+export const halfInputs: HalfInputs = { fused: fusedHalfInputs };

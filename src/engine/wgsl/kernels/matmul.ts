@@ -1,7 +1,8 @@
 // matmul: batched over the leading axes with broadcasting (as tf.matMul), optional transposes, on the shared GEMM
 // skeleton (gemm.ts: a 64x64-tile workgroup-memory kernel, or a one-thread-per-output kernel for tiny/skinny shapes).
-import type { Dispatch, KernelLimits, KernelNode, Lowerings } from '../kernel.ts';
+import type { Dispatch, HalfInputs, KernelLimits, KernelNode, Lowerings } from '../kernel.ts';
 import { sizeOf } from '../../graph/ir.ts';
+import { buffer, inputAt, inputBuffer } from './common.ts';
 import { gemmDispatch } from './gemm.ts';
 
 /**
@@ -31,6 +32,7 @@ export function batchOffset(outBatch: number[], inBatch: number[], matrixSize: n
  * the operands' buffer names, and `store` is WGSL statements that write `v`, the output element at the flat index
  * `i` (a fused elementwise epilogue goes there: kernels/fused.ts). `aAt`/`bAt` name WGSL functions (in `decls`) from
  * an operand's row-major element index to its place in the buffer, for an operand that is a transpose of the buffer.
+ * An operand whose `node.inputs[i].storage` is 'f16' must be declared by common.ts's inputBuffer (it is read by inputAt).
  */
 export interface MatmulIo {
   decls: string;
@@ -54,10 +56,10 @@ export function matmulDispatch(node: KernelNode<'matmul'>, io: MatmulIo, limits:
   const prelude = /* wgsl */ `
 ${io.decls}
 fn loadA(bz: u32, m: u32, k: u32) -> f32 {
-  return ${io.a}[${at(io.aAt, `${batchOffset(outBatch, a.slice(0, -2), M * K)} + ${transposeA ? `k * ${M}u + m` : `m * ${K}u + k`}`)}];
+  return ${inputAt(io.a, at(io.aAt, `${batchOffset(outBatch, a.slice(0, -2), M * K)} + ${transposeA ? `k * ${M}u + m` : `m * ${K}u + k`}`), node.inputs[0])};
 }
 fn loadB(bz: u32, k: u32, n: u32) -> f32 {
-  return ${io.b}[${at(io.bAt, `${batchOffset(outBatch, b.slice(0, -2), K * N)} + ${transposeB ? `n * ${K}u + k` : `k * ${N}u + n`}`)}];
+  return ${inputAt(io.b, at(io.bAt, `${batchOffset(outBatch, b.slice(0, -2), K * N)} + ${transposeB ? `n * ${K}u + k` : `k * ${N}u + n`}`), node.inputs[1])};
 }
 fn store(bz: u32, m: u32, n: u32, v: f32) {
   let i = (bz * ${M}u + m) * ${N}u + n;
@@ -80,16 +82,17 @@ ${io.store}
   );
 }
 
-const plainIo: MatmulIo = {
-  decls: `@group(0) @binding(0) var<storage, read> mmA: array<f32>;
-@group(0) @binding(1) var<storage, read> mmB: array<f32>;
-@group(0) @binding(2) var<storage, read_write> mmC: array<f32>;`,
+const plainIo = (node: KernelNode<'matmul'>): MatmulIo => ({
+  decls: [inputBuffer(0, 'mmA', node.inputs[0]), inputBuffer(1, 'mmB', node.inputs[1]), buffer(2, 'mmC', 'f32', true)].join('\n'),
   a: 'mmA',
   b: 'mmB',
   store: '  mmC[i] = v;',
   bindings: [{ input: 0 }, { input: 1 }, { output: true }],
-};
+});
 
 export const lowerings: Lowerings = {
-  matmul: (node, limits) => ({ dispatches: [matmulDispatch(node, plainIo, limits)] }),
+  matmul: (node, limits) => ({ dispatches: [matmulDispatch(node, plainIo(node), limits)] }),
 };
+
+/** Either operand may be stored as f16 (the planner picks constants: the weight of a linear layer). */
+export const halfInputs: HalfInputs = { matmul: () => [0, 1] };
