@@ -12,7 +12,11 @@
 //   step scalars, all small), encodes the recorded dispatches and submits once. A spec without step data is instead
 //   replayed: each step re-runs its functions on a ReplayOps, which checks that the structure is the recorded one
 //   and collects the constants that changed. A structure change (the optimiser's buffers appearing after its first
-//   step, step data of other names or shapes, a replay that differs) is handled by compiling again.
+//   step, step data of other names or shapes, a replay that differs) is handled by compiling again;
+// - `stepper(spec, state)` runs a stateful step without gradient (StepSpec: GPT sampling with its key/value cache):
+//   the state lives in GPU buffers of its own, allocated once and shared by every plan of the step (one per shape
+//   of the step data: a one-token decode step, a prefill of several), each run uploads only the data (a few
+//   hundred bytes for a decode step), and reads back only the spec's reads.
 //
 // Precision: 'f32' (default) keeps every value in float32. 'f16' stores the large weights (constants read as the
 // weight of conv2d, conv2dGradInput and matmul, from HALF_MIN_ELEMENTS elements) as IEEE halves, packed two per u32
@@ -24,7 +28,7 @@ import { gradient } from './graph/autodiff.ts';
 import { fuseElementwise } from './graph/fuse.ts';
 import type { Graph, Node } from './graph/ir.ts';
 import { GraphBuilder, type Recording, type Sym } from './graph/trace.ts';
-import type { Executor, HostData, HostValue, LoopSpec as LoopSpecOf, Ops, TrainingLoop } from './ops.ts';
+import type { Executor, HostData, HostValue, LoopSpec as LoopSpecOf, Ops, StepSpec, TrainingLoop } from './ops.ts';
 import { compilePlan, type CompiledGraph } from './wgsl/executor.ts';
 import { DEFAULT_LIMITS, type KernelLimits } from './wgsl/kernel.ts';
 import { halfInputs, lowerings } from './wgsl/lowerings.ts';
@@ -244,14 +248,19 @@ export class CompiledEngine {
     return new CompiledLoop(this, spec, state);
   }
 
+  /** A stateful step (see StepSpec) starting from `state` (host data), its state kept on the GPU. */
+  stepper(spec: StepSpec<Sym>, state: Record<string, HostTensor>): CompiledStepper {
+    return new CompiledStepper(this, spec, state);
+  }
+
   /** @internal */
-  compileGraph(graph: Graph, carry?: Record<string, string>): Promise<{ compiled: CompiledGraph; plan: Plan }> {
+  compileGraph(graph: Graph, carry?: Record<string, string>, bind?: Record<string, GPUBuffer>): Promise<{ compiled: CompiledGraph; plan: Plan }> {
     const plan = this.planFor(graph);
     this.stats.compiles++;
     this.stats.dispatches = plan.dispatches.length;
     this.stats.arenaBytes = plan.memory.arenaBytes;
     this.stats.constBytes = plan.memory.constBytes;
-    return compilePlan(this.device, plan, { carry, submit: this.submit }).then((compiled) => {
+    return compilePlan(this.device, plan, { carry, bind, submit: this.submit }).then((compiled) => {
       this.stats.pipelineSwitches = compiled.stats.pipelineSwitches;
       return { compiled, plan };
     });
@@ -428,6 +437,121 @@ export class CompiledLoop implements TrainingLoop {
   destroy(): void {
     this.structure?.compiled.destroy();
     this.structure = undefined;
+  }
+}
+
+interface StepPlan {
+  compiled: CompiledGraph;
+  /** Step data names the plan reads, and their input names. */
+  dataInputs: Array<{ key: string; input: string }>;
+  reads: string[];
+}
+
+let stepperIds = 0;
+
+/**
+ * The runner of a StepSpec (CompiledEngine.stepper): one plan per signature of the step data, traced and compiled
+ * when that signature first comes, all reading the state from the same GPU buffers (CompileOptions.bind) and writing
+ * the next state back into them (carry) in the run's own submission.
+ */
+export class CompiledStepper {
+  private readonly state: Record<string, { buffer: GPUBuffer; shape: number[] }> = {};
+  private readonly plans = new Map<string, StepPlan>();
+  private readonly id = ++stepperIds;
+  /** Of the last run: its plan's dispatches, and the host milliseconds of uploading the data + encoding (+ submitting). */
+  readonly last = { dispatches: 0, encodeMs: 0, hostMs: 0 };
+
+  constructor(
+    private readonly engine: CompiledEngine,
+    private readonly spec: StepSpec<Sym>,
+    state: Record<string, HostTensor>,
+  ) {
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    for (const [k, v] of Object.entries(state)) {
+      const buffer = engine.device.createBuffer({ size: Math.max(16, Math.ceil(v.data.byteLength / 16) * 16), usage, label: `state ${k}` });
+      engine.device.queue.writeBuffer(buffer, 0, v.data.buffer, v.data.byteOffset, v.data.byteLength);
+      this.state[k] = { buffer, shape: v.shape };
+    }
+  }
+
+  /** Plans compiled so far (one per signature of the step data). */
+  get planCount(): number {
+    return this.plans.size;
+  }
+
+  private async build(stepData: Record<string, HostData>): Promise<StepPlan> {
+    const b = this.engine.builder;
+    const tag = `step${this.id}.${this.plans.size + 1}`;
+    const keys = Object.keys(this.state).sort();
+    const inputs: Record<string, Sym> = {};
+    for (const k of keys) inputs[k] = b.input(`${tag}:${k}`, this.state[k].shape);
+    const data: Record<string, Sym> = {};
+    for (const [k, v] of Object.entries(stepData)) data[k] = b.input(`${tag}:data:${k}`, v.shape, v.data instanceof Int32Array ? 'i32' : 'f32');
+    const { reads, next } = this.engine.withOps(b, () => this.spec.step(b, inputs, data));
+    const nextKeys = Object.keys(next).sort();
+    if (nextKeys.join() !== keys.join() || !keys.every((k) => sameShape(next[k].shape, inputs[k].shape))) {
+      const list = (r: Record<string, Sym>, ks: string[]) => ks.map((k) => `${k}[${r[k].shape}]`).join(', ');
+      throw new Error(`stepper: the next state (${list(next, nextKeys)}) must have the state's keys and shapes (${list(inputs, keys)})`);
+    }
+    const outputs: Record<string, number> = {};
+    for (const [k, x] of Object.entries(reads)) outputs[`read:${k}`] = x.id;
+    for (const k of keys) outputs[`next:${k}`] = next[k].id;
+    const { graph, newId } = extractGraph(b.graph, outputs);
+    const carry: Record<string, string> = {};
+    const bind: Record<string, GPUBuffer> = {};
+    for (const k of keys) {
+      // A next state made without reading the state would need a carry into an input the plan does not have.
+      if (newId[inputs[k].id] < 0) throw new Error(`stepper: the step does not read state ${k}`);
+      carry[`${tag}:${k}`] = `next:${k}`;
+      bind[`${tag}:${k}`] = this.state[k].buffer;
+    }
+    const { compiled } = await this.engine.compileGraph(graph, carry, bind);
+    const dataInputs = Object.keys(data)
+      .filter((k) => newId[data[k].id] >= 0)
+      .map((key) => ({ key, input: `${tag}:data:${key}` }));
+    return { compiled, dataInputs, reads: Object.keys(reads) };
+  }
+
+  /** One step with this data (compiling a plan for its signature the first time): the state advances on the GPU; returns the reads. */
+  async run(stepData: Record<string, HostData>): Promise<Record<string, Float32Array | Int32Array>> {
+    const sig = dataSignature(stepData);
+    let p = this.plans.get(sig);
+    if (!p) this.plans.set(sig, (p = await this.build(stepData)));
+    const t0 = performance.now();
+    const inputs: Record<string, Data> = {};
+    for (const { key, input } of p.dataInputs) inputs[input] = stepData[key].data;
+    p.compiled.run(inputs);
+    Object.assign(this.last, { dispatches: p.compiled.stats.dispatches, encodeMs: p.compiled.lastEncodeMs, hostMs: performance.now() - t0 });
+    const st = this.engine.stats;
+    st.lastStepReplayMs = 0;
+    st.lastStepEncodeMs = p.compiled.lastEncodeMs;
+    st.lastStepHostMs = this.last.hostMs;
+    const out: Record<string, Float32Array | Int32Array> = {};
+    for (const k of p.reads) out[k] = await p.compiled.read(`read:${k}`);
+    return out;
+  }
+
+  /** The current state on the host (one copy per key). */
+  async readState(): Promise<Record<string, HostTensor>> {
+    const device = this.engine.device;
+    const out: Record<string, HostTensor> = {};
+    for (const [k, { buffer, shape }] of Object.entries(this.state)) {
+      const staging = device.createBuffer({ size: buffer.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      const enc = device.createCommandEncoder();
+      enc.copyBufferToBuffer(buffer, 0, staging, 0, buffer.size);
+      device.queue.submit([enc.finish()]);
+      await staging.mapAsync(GPUMapMode.READ);
+      const data = new Float32Array(staging.getMappedRange().slice(0, 4 * shape.reduce((a, n) => a * n, 1)));
+      staging.destroy();
+      out[k] = { data, shape };
+    }
+    return out;
+  }
+
+  destroy(): void {
+    for (const p of this.plans.values()) p.compiled.destroy();
+    this.plans.clear();
+    for (const { buffer } of Object.values(this.state)) buffer.destroy();
   }
 }
 

@@ -181,6 +181,15 @@ export interface LoopSpec<T> {
   readGrad?: boolean;
 }
 
+/**
+ * A stateful step without gradient (sampling with a key/value cache): reads and the next state from the state and
+ * the step's data. The next state has the state's keys and shapes. A compiled engine keeps the state on the GPU
+ * from step to step and plans the step once per shape of the data (CompiledEngine.stepper).
+ */
+export interface StepSpec<T> {
+  step(o: Ops<T>, state: Record<string, T>, data: Record<string, T>): { reads: Record<string, T>; next: Record<string, T> };
+}
+
 export interface TrainingLoop {
   /** Runs one step (see LoopSpec.data for what is re-run on the host). */
   step(): Promise<{ loss: number; reads: Record<string, Float32Array>; grad?: Float32Array }>;

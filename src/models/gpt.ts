@@ -8,10 +8,11 @@
 //   logits = head(ln_f(x))                                      (head: Linear(C,vocab), no bias)
 //
 // `gptForward` runs a whole sequence (GPT.forward); `gptStep` runs new tokens after a key/value cache
-// (forward_with_past: position embeddings start at the cache length; a single new token needs no mask).
+// (forward_with_past: position embeddings start at the cache length; a single new token needs no mask);
+// `gptCachedStep` does the same over a cache of fixed size (every step the same shapes: compiled engines).
 import { FormatError, asFloat32 } from '../formats/host-tensor.ts';
 import { readTamingConfig, type GptConfig, type TransformerConfig } from '../formats/taming-config.ts';
-import type { Ops } from '../engine/ops.ts';
+import type { HostData, Ops } from '../engine/ops.ts';
 import { UserError } from '../cli/errors.ts';
 import { WeightMap, linearToInOut } from './weights.ts';
 import { downsamplingFactor, vqganWeights, type VqganWeights } from './vqgan.ts';
@@ -212,6 +213,119 @@ export function gptStep<T>(
   // Sampling only needs the last position: skip the vocabulary projection of the others (lastOnly).
   if (opts.lastOnly && t > 1) x = o.slice(x, [0, t - 1, 0], [b, 1, cfg.nEmbd]);
   return { logits: headLogits(o, w, x), cache: { length: start + t, layers } };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Decoding with a fixed-size cache, for engines that plan a step once and re-run it (compiled WebGPU): every step
+// has the same shapes whatever the position, because the cache always holds block_size rows per block and the
+// position is data. A step writes its new keys/values into their rows (a one-hot `write`: cache*(1-e) + k*e, exact
+// for 0/1 weights) and attends to every row through an additive mask that hides the rows after each token's
+// position (rows not written yet hold stale but finite values, masked; the softmax gives them exactly 0). Position 0
+// after a fresh cache is an ordinary step, so sampling in sequence order never needs another shape; several tokens
+// at once (a sliding window's recomputed context) are the same function with T > 1.
+
+/** Per block k and v [B, heads, block_size, hs]: cached keys/values, row r = position r. */
+export type FixedKvCache<T> = Array<{ k: T; v: T }>;
+
+/** Where the T new tokens of a fixed-cache step go (host data from cacheSlots). */
+export interface CacheSlots<T> {
+  /** int32 [T]: each token's position (its position embedding). */
+  pos: T;
+  /** float32 [T, block_size]: row i is one-hot at the cache row token i is written to (all zero: written nowhere). */
+  write: T;
+  /** float32 [T, block_size]: additive attention mask of token i: 0 for the rows it sees, MASKED for the others. */
+  mask: T;
+  /** int32 [B]: the row of the step's [B*T, C] output whose logits are returned; only when T > 1. */
+  last?: T;
+}
+
+/** Additive mask of a hidden cache row: exp(-1e9 - max) is exactly 0 in float32, and stays finite (WGSL may assume no infinities). */
+const MASKED = -1e9;
+
+/** A fixed cache of zeros for `batch` samples. */
+export function fixedKvShape(cfg: GptConfig, batch: number): number[] {
+  return [batch, cfg.nHead, cfg.blockSize, cfg.nEmbd / cfg.nHead];
+}
+
+/**
+ * Host data of CacheSlots for `t` new tokens at positions start.., each seeing the rows up to its own position,
+ * padded to `rows` tokens (padding is written nowhere, sees row 0 only and its logits are never picked: a compiled
+ * engine then plans one prefill length for every context length).
+ */
+export function cacheSlots(cfg: GptConfig, batch: number, start: number, t: number, rows = t): Record<string, HostData> {
+  const bs = cfg.blockSize;
+  if (t < 1 || rows < t || start + t > bs) throw new RangeError(`GPT context of ${start + t} tokens (padded to ${start + rows}) exceeds the model's block_size ${bs}`);
+  const pos = new Int32Array(rows);
+  const write = new Float32Array(rows * bs);
+  const mask = new Float32Array(rows * bs).fill(MASKED);
+  for (let i = 0; i < rows; i++) {
+    const p = i < t ? start + i : 0;
+    pos[i] = p;
+    if (i < t) write[i * bs + p] = 1;
+    mask.fill(0, i * bs, i * bs + p + 1);
+  }
+  const slots = { pos: { data: pos, shape: [rows] }, write: { data: write, shape: [rows, bs] }, mask: { data: mask, shape: [rows, bs] } };
+  if (rows === 1) return slots;
+  return { ...slots, last: { data: Int32Array.from({ length: batch }, (_, b) => b * rows + t - 1), shape: [batch] } };
+}
+
+/** The cache with new rows [B,h,T,hs] written where `write` [T, block_size] says (other rows unchanged). */
+function writeRows<T>(o: Ops<T>, cache: T, rows: T, write: T): T {
+  const [t, bs] = o.shape(write);
+  if (t === 1) {
+    // One row: broadcasts only, one elementwise kernel on a compiled engine.
+    const e = o.reshape(write, [1, 1, bs, 1]);
+    return o.add(o.mul(cache, o.addScalar(o.neg(e), 1)), o.mul(e, rows));
+  }
+  const keep = o.addScalar(o.neg(o.reshape(o.sum(write, [0]), [1, 1, bs, 1])), 1);
+  return o.add(o.mul(cache, keep), o.matmul(o.reshape(write, [1, 1, t, bs]), rows, true, false));
+}
+
+/** [B,T,n*heads*hs] -> [B,n*heads,T,hs] (and back): for T = 1 a reshape, since moving an axis of size 1 moves no data. */
+const toHeads = <T>(o: Ops<T>, x: T, heads: number, hs: number): T => {
+  const [b, t] = o.shape(x);
+  return t === 1 ? o.reshape(x, [b, heads, 1, hs]) : o.transpose(o.reshape(x, [b, t, heads, hs]), [0, 2, 1, 3]);
+};
+const fromHeads = <T>(o: Ops<T>, y: T): T => {
+  const [b, h, t, hs] = o.shape(y);
+  return t === 1 ? o.reshape(y, [b, 1, h * hs]) : o.reshape(o.transpose(y, [0, 2, 1, 3]), [b, t, h * hs]);
+};
+
+/** One transformer block over x [B,T,C] after a fixed cache: the new keys/values are written, then attended to. */
+function cachedBlock<T>(o: Ops<T>, cfg: GptConfig, w: GptBlock<T>, x: T, slots: CacheSlots<T>, kv: { k: T; v: T }): { x: T; kv: { k: T; v: T } } {
+  const [b, t] = o.shape(x);
+  const heads = cfg.nHead;
+  const hs = cfg.nEmbd / heads;
+  const qkv = toHeads(o, linear(o, w.qkv, layerNorm(o, w.ln1, x)), 3 * heads, hs);
+  const part = (i: number) => o.slice(qkv, [0, i * heads, 0, 0], [b, heads, t, hs]);
+  const k = writeRows(o, kv.k, part(1), slots.write);
+  const v = writeRows(o, kv.v, part(2), slots.write);
+  const scores = o.add(o.scale(o.matmul(part(0), k, false, true), 1 / Math.sqrt(hs)), slots.mask);
+  const y = fromHeads(o, o.matmul(o.softmax(scores), v));
+  const x1 = o.add(x, linear(o, w.proj, y));
+  const m = linear(o, w.fcOut, o.gelu(linear(o, w.fc, layerNorm(o, w.ln2, x1))));
+  return { x: o.add(x1, m), kv: { k, v } };
+}
+
+/**
+ * forward_with_past over a fixed cache: int32 idx [B,T] at the positions `slots` gives. Returns the logits
+ * [B,vocab] of one token per sample (the only one for T = 1, else the row slots.last picks) and the cache with the
+ * new keys/values written. The same numbers as gptStep with the tokens before them in its cache.
+ */
+export function gptCachedStep<T>(o: Ops<T>, cfg: GptConfig, w: GptWeights<T>, idx: T, slots: CacheSlots<T>, cache: FixedKvCache<T>): { logits: T; cache: FixedKvCache<T> } {
+  const [b, t] = o.shape(idx);
+  const C = cfg.nEmbd;
+  const tok = o.reshape(o.gatherRows(w.tokEmb, o.reshape(idx, [b * t])), [b, t, C]);
+  let x = o.add(tok, o.gatherRows(w.posEmb, slots.pos));
+  const next: FixedKvCache<T> = [];
+  w.blocks.forEach((bw, i) => {
+    const r = cachedBlock(o, cfg, bw, x, slots, cache[i]);
+    x = r.x;
+    next.push(r.kv);
+  });
+  if (t > 1 && !slots.last) throw new Error('gptCachedStep: several tokens need slots.last (the row whose logits are returned)');
+  const rows = t === 1 ? o.reshape(x, [b, C]) : o.gatherRows(o.reshape(x, [b * t, C]), slots.last!);
+  return { logits: headLogits(o, w, rows), cache: next };
 }
 
 // ---------------------------------------------------------------------------------------------------------------

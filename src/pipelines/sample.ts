@@ -10,10 +10,31 @@
 // sampled with taming's sliding window (scripts/sample_conditional.py): each new code sees the trained-size
 // window of the grid placed around it (centred, clamped to the edges), flattened row by row, after the
 // conditioning token. Consecutive steps in one window reuse the key/value cache; a moved window is recomputed.
+//
+// The GPT runs on tfjs (gptStep, its cache in growing tensors) or, given a compiled engine (SampleOptions.engine),
+// as a compiled step over a fixed cache kept on the GPU (gptCachedStep: a one-token plan, and one prefill plan of
+// the window's length for moved windows); each step uploads the tokens and positions and reads back one row of
+// logits per sample. Filters and draws are the same host code, so a seed gives the same codes on both.
 import * as tf from '@tensorflow/tfjs';
-import type { Ops } from '../engine/ops.ts';
+import type { CompiledEngine, CompiledStepper } from '../engine/compiled.ts';
+import type { Sym } from '../engine/graph/trace.ts';
+import type { HostValue, Ops } from '../engine/ops.ts';
 import { UserError } from '../cli/errors.ts';
-import { KV_CHUNK, gptStep, condToken, kvTensors, type GptConfig, type KvCache, type Prior } from '../models/gpt.ts';
+import {
+  KV_CHUNK,
+  cacheSlots,
+  fixedKvShape,
+  gptCachedStep,
+  gptStep,
+  condToken,
+  kvTensors,
+  type CacheSlots,
+  type FixedKvCache,
+  type GptConfig,
+  type GptWeights,
+  type KvCache,
+  type Prior,
+} from '../models/gpt.ts';
 import { decodeIndices } from '../models/vqgan.ts';
 import { Rng } from '../util/rng.ts';
 import type { RgbImage } from '../io/image.ts';
@@ -203,8 +224,10 @@ export interface SampleOptions extends FilterOptions {
   seed?: number;
   /** Or the run's generator: sample i draws from its fork i (overrides seed). */
   rng?: Rng;
-  /** Key/value cache chunk size (default defaultKvChunk()). */
+  /** Key/value cache chunk size (default defaultKvChunk()); tfjs only. */
   kvChunk?: number;
+  /** Run the GPT on this compiled engine (the prior's weights must be its tensors); default tfjs. */
+  engine?: CompiledEngine;
   /** Called after every code of a batch: codes done so far over all samples, and the total. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -264,45 +287,122 @@ export function defaultKvChunk(cfg: GptConfig): number {
   return backend === 'webgpu' || backend === 'webgl' || backend === 'tensorflow' ? cfg.blockSize : KV_CHUNK;
 }
 
+/**
+ * How sampleCodes runs the GPT: the logits [B, vocab] of each sample's last token, for tokens [B, t] (row-major)
+ * that start a context at position 0 (fresh) or, t = 1, continue the previous call's context by one token.
+ */
+interface PriorDecoder {
+  next(tokens: Int32Array, batch: number, fresh: boolean): Promise<Float32Array>;
+  dispose(): void;
+}
+
 /** Frees the tensors of `old` that `next` does not share (all of them without `next`). */
 function releaseCache(old: KvCache<tf.Tensor> | undefined, next?: KvCache<tf.Tensor>): void {
   const keep = new Set(kvTensors(next));
   tf.dispose(kvTensors(old).filter((x) => !keep.has(x)));
 }
 
+/** gptStep on tfjs, its cache in tensors that grow by one token per step. */
+function tfjsDecoder(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, kvChunk: number): PriorDecoder {
+  let cache: KvCache<tf.Tensor> | undefined;
+  return {
+    async next(tokens, batch, fresh) {
+      const old = cache;
+      // tidy keeps what the step returns (logits and the new cache) and frees its intermediates.
+      const r = tf.tidy(() =>
+        gptStep(o, prior.config.gpt, prior.gpt, o.constantInt(tokens, [batch, tokens.length / batch]), fresh ? undefined : old, { lastOnly: true, kvChunk }),
+      );
+      releaseCache(old, r.cache);
+      cache = r.cache;
+      const logits = await o.read(r.logits);
+      r.logits.dispose();
+      return logits;
+    },
+    dispose: () => releaseCache(cache),
+  };
+}
+
+/**
+ * gptCachedStep on a compiled engine: one stepper per batch size (plans and the GPU cache kept across batches:
+ * stale rows are masked), a one-token plan, and every fresh context of several tokens padded to `prefillRows`
+ * (one prefill plan for all context lengths).
+ */
+function compiledDecoder(engine: CompiledEngine, cfg: GptConfig, w: GptWeights<Sym>, prefillRows: number): PriorDecoder {
+  const steppers = new Map<number, { stepper: CompiledStepper; length: number }>();
+  const L = w.blocks.length;
+  const spec = {
+    step: (o: Ops<Sym>, s: Record<string, Sym>, d: Record<string, Sym>) => {
+      const cache: FixedKvCache<Sym> = Array.from({ length: L }, (_, i) => ({ k: s[`k${i}`], v: s[`v${i}`] }));
+      const r = gptCachedStep(o, cfg, w, d.idx, d as unknown as CacheSlots<Sym>, cache);
+      const next: Record<string, Sym> = {};
+      r.cache.forEach((kv, i) => Object.assign(next, { [`k${i}`]: kv.k, [`v${i}`]: kv.v }));
+      return { reads: { logits: r.logits }, next };
+    },
+  };
+  return {
+    async next(tokens, batch, fresh) {
+      let s = steppers.get(batch);
+      if (!s) {
+        const shape = fixedKvShape(cfg, batch);
+        const zeros: HostValue = { data: new Float32Array(shape.reduce((a, b) => a * b, 1)), shape };
+        const state: Record<string, HostValue> = {};
+        for (let i = 0; i < L; i++) state[`k${i}`] = state[`v${i}`] = zeros;
+        steppers.set(batch, (s = { stepper: engine.stepper(spec, state), length: 0 }));
+      }
+      const t = tokens.length / batch;
+      const start = fresh ? 0 : s.length;
+      const rows = t === 1 ? 1 : prefillRows;
+      let idx = tokens;
+      if (rows > t) {
+        idx = new Int32Array(batch * rows);
+        for (let b = 0; b < batch; b++) idx.set(tokens.subarray(b * t, (b + 1) * t), b * rows);
+      }
+      const r = await s.stepper.run({ idx: { data: idx, shape: [batch, rows] }, ...cacheSlots(cfg, batch, start, t, rows) });
+      s.length = start + t;
+      return r.logits as Float32Array;
+    },
+    dispose: () => {
+      for (const s of steppers.values()) s.stepper.destroy();
+    },
+  };
+}
+
 /**
  * Samples `n` code grids from the prior. Returns, per sample, the codes in raster order (row-major over the grid;
  * the permuter is undone), ready for the first stage's decoder.
  */
-export async function sampleCodes(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, opts: SampleOptions): Promise<Int32Array[]> {
+export async function sampleCodes<T>(o: Ops<T>, prior: Prior<T>, opts: SampleOptions): Promise<Int32Array[]> {
   checkSampleOptions(opts);
   const cond = condToken(prior, opts.classLabel);
   const grid = opts.grid ?? prior.grid;
   const total = grid[0] * grid[1];
   const steps = plan(grid, prior.grid);
-  const V = prior.config.gpt.vocabSize;
+  const cfg = prior.config.gpt;
+  const V = cfg.vocabSize;
   const root = opts.rng ?? new Rng(opts.seed ?? 0).fork('prior');
   const batchSize = Math.max(1, Math.min(opts.batchSize ?? 8, opts.n));
   const results: Int32Array[] = [];
   // Only tokens that are codes can be drawn: a vocabulary larger than the codebook (never so in the released
   // models, where vocab_size == n_embed) has its extra rows left out, as if their logits were -inf.
   const nEmbed = prior.config.firstStage.nEmbed;
-  const kvChunk = opts.kvChunk ?? defaultKvChunk(prior.config.gpt);
+  // A context is the conditioning token and at most a window less one code.
+  const decoder = opts.engine
+    ? compiledDecoder(opts.engine, cfg, (prior as Prior<unknown> as Prior<Sym>).gpt, Math.min(cfg.blockSize, prior.grid[0] * prior.grid[1]))
+    : tfjsDecoder(o as unknown as Ops<tf.Tensor>, prior as Prior<unknown> as Prior<tf.Tensor>, opts.kvChunk ?? defaultKvChunk(cfg));
 
-  for (let first = 0; first < opts.n; first += batchSize) {
-    const B = Math.min(batchSize, opts.n - first);
-    const bufs = Array.from({ length: B }, () => new Int32Array(total));
-    const rngs = Array.from({ length: B }, (_, b) => root.fork(first + b));
-    let cache: KvCache<tf.Tensor> | undefined;
-    let prevKey = '';
-    let prevLen = -1;
-    try {
+  try {
+    for (let first = 0; first < opts.n; first += batchSize) {
+      const B = Math.min(batchSize, opts.n - first);
+      const bufs = Array.from({ length: B }, () => new Int32Array(total));
+      const rngs = Array.from({ length: B }, (_, b) => root.fork(first + b));
+      let prevKey = '';
+      let prevLen = -1;
       for (let s = 0; s < steps.length; s++) {
         const step = steps[s];
         const contexts = bufs.map(step.context);
         const len = contexts[0].length;
         let input: Int32Array;
-        const reuse = cache !== undefined && step.key === prevKey && len === prevLen + 1;
+        const reuse = s > 0 && step.key === prevKey && len === prevLen + 1;
         if (reuse) {
           input = Int32Array.from(contexts, (c) => c[len - 1]);
         } else {
@@ -312,17 +412,9 @@ export async function sampleCodes(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, op
             input.set(c, b * (len + 1) + 1);
           });
         }
-        const t = reuse ? 1 : len + 1;
-        const old = cache;
-        // tidy keeps what the step returns (logits and the new cache) and frees its intermediates.
-        const r = tf.tidy(() => gptStep(o, prior.config.gpt, prior.gpt, o.constantInt(input, [B, t]), reuse ? old : undefined, { lastOnly: true, kvChunk }));
-        releaseCache(old, r.cache);
-        cache = r.cache;
-        const logitsT = r.logits;
         prevKey = step.key;
         prevLen = len;
-        const logits = await o.read(logitsT);
-        logitsT.dispose();
+        const logits = await decoder.next(input, B, !reuse);
         for (let b = 0; b < B; b++) {
           const row = logits.subarray(b * V, b * V + Math.min(V, nEmbed));
           const filtered = filterLogits(row, opts);
@@ -330,31 +422,32 @@ export async function sampleCodes(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, op
         }
         opts.onProgress?.((first * total) + (s + 1) * B, opts.n * total);
       }
-    } finally {
-      releaseCache(cache);
+      const sequenceMode = steps[0].key === 'seq';
+      for (const buf of bufs) results.push(sequenceMode ? prior.permuter.toRaster(buf) : buf);
     }
-    const sequenceMode = steps[0].key === 'seq';
-    for (const buf of bufs) results.push(sequenceMode ? prior.permuter.toRaster(buf) : buf);
+  } finally {
+    decoder.dispose();
   }
   return results;
 }
 
 /** Decodes code grids [rows*cols] to RGB images in [0,1] with the prior's first stage, `batchSize` at a time. */
-export async function decodeCodes(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, codes: Int32Array[], grid: [number, number], batchSize = 4): Promise<RgbImage[]> {
+export async function decodeCodes<T>(o: Ops<T>, prior: Prior<T>, codes: Int32Array[], grid: [number, number], batchSize = 4): Promise<RgbImage[]> {
   const [H, W] = grid;
   const images: RgbImage[] = [];
   for (let first = 0; first < codes.length; first += batchSize) {
     const chunk = codes.slice(first, first + batchSize);
     const idx = new Int32Array(chunk.length * H * W);
     chunk.forEach((c, b) => idx.set(c, b * H * W));
+    // tidy frees tfjs's intermediates (a compiled engine's are graph nodes: nothing to free).
     const img = tf.tidy(() => {
       const x = decodeIndices(o, prior.firstStage, o.constantInt(idx, [chunk.length * H * W]), [chunk.length, H, W]);
       // taming's decode_to_img output is in [-1, 1]; images are stored as (x + 1) / 2 clamped to [0, 1].
-      return o.clamp(o.scale(o.addScalar(x, 1), 0.5), 0, 1);
-    });
+      return o.clamp(o.scale(o.addScalar(x, 1), 0.5), 0, 1) as unknown as tf.TensorContainer;
+    }) as unknown as T;
     const data = await o.read(img);
     const [, h, w] = o.shape(img);
-    img.dispose();
+    if (img instanceof tf.Tensor) img.dispose();
     const per = h * w * 3;
     for (let b = 0; b < chunk.length; b++) images.push({ data: data.slice(b * per, (b + 1) * per), width: w, height: h });
   }
@@ -362,9 +455,9 @@ export async function decodeCodes(o: Ops<tf.Tensor>, prior: Prior<tf.Tensor>, co
 }
 
 /** sampleCodes + decodeCodes: n images of the grid's size (grid * factor pixels). */
-export async function sampleImages(
-  o: Ops<tf.Tensor>,
-  prior: Prior<tf.Tensor>,
+export async function sampleImages<T>(
+  o: Ops<T>,
+  prior: Prior<T>,
   opts: SampleOptions,
 ): Promise<{ images: RgbImage[]; codes: Int32Array[]; grid: [number, number] }> {
   const grid = opts.grid ?? prior.grid;

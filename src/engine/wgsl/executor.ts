@@ -25,6 +25,12 @@ export interface CompileOptions {
    * reads then give the buffers' old contents).
    */
   submit?: boolean;
+  /**
+   * Inputs held in caller-owned buffers (offset 0, at least the input's size) instead of the plan's arena, so that
+   * several plans share one state on the GPU (a decode step and a prefill over the same key/value cache). run() never
+   * needs them; a carry into one copies into the caller's buffer.
+   */
+  bind?: Record<string, GPUBuffer>;
 }
 
 export interface CompiledGraph {
@@ -59,6 +65,9 @@ const constBytes = (c: Plan['consts'][number], data: Float32Array | Int32Array) 
 
 /** Creates every GPU object the plan needs and uploads the constants. Throws on shader or validation errors. */
 export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOptions = {}): Promise<CompiledGraph> {
+  const bound = Object.entries(opts.bind ?? {});
+  if (bound.length) plan = bindInputs(plan, bound.map(([name]) => name));
+  for (const [name, b] of bound) if (b.size < plan.inputs[name].slot.size) throw new Error(`bind: the buffer for ${name} has ${b.size} bytes, the input needs ${plan.inputs[name].slot.size}`);
   const carry = Object.entries(opts.carry ?? {}).map(([input, output]) => {
     const to = plan.inputs[input];
     const from = plan.outputs[output];
@@ -70,7 +79,7 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
 
   device.pushErrorScope('validation');
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const buffers = plan.buffers.map((b, i) => device.createBuffer({ size: Math.max(16, Math.ceil(b.size / 16) * 16), usage, label: `${b.kind} ${i}` }));
+  const buffers = plan.buffers.map((b, i) => (b.kind === 'bound' ? bound[b.index!][1] : device.createBuffer({ size: Math.max(16, Math.ceil(b.size / 16) * 16), usage, label: `${b.kind} ${i}` })));
   for (const c of plan.consts) write(device, buffers[c.slot.buffer], c.slot.offset, constBytes(c, c.data));
   const bounceBytes = Math.max(0, ...carry.filter((c) => c.from.buffer === c.to.buffer).map((c) => c.from.size));
   const bounce = bounceBytes > 0 ? device.createBuffer({ size: Math.ceil(bounceBytes / 16) * 16, usage, label: 'carry bounce' }) : undefined;
@@ -121,7 +130,7 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
   });
   const compileError = await device.popErrorScope();
   if (compileError) {
-    for (const b of buffers) b.destroy();
+    for (const [i, b] of buffers.entries()) if (plan.buffers[i]?.kind !== 'bound') b.destroy();
     throw new Error(`compiling the plan: ${compileError.message}`);
   }
 
@@ -151,8 +160,8 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
         write(device, buffers[t.slot.buffer], t.slot.offset, data);
         written.add(name);
       }
-      if (written.size < Object.keys(plan.inputs).length) {
-        const missing = Object.keys(plan.inputs).filter((k) => !written.has(k));
+      if (written.size + bound.length < Object.keys(plan.inputs).length) {
+        const missing = Object.keys(plan.inputs).filter((k) => !written.has(k) && !(opts.bind && k in opts.bind));
         throw new Error(`inputs never written: ${missing.join(', ')}`);
       }
       device.pushErrorScope('validation');
@@ -170,6 +179,7 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
       }
       for (const c of carry) {
         // WebGPU refuses a copy within one buffer: those go through the bounce buffer.
+        if (c.from.buffer === c.to.buffer && c.from.offset === c.to.offset) continue; // a state passed through unchanged
         if (c.from.buffer === c.to.buffer) {
           copy(enc, c.from, bounce!, 0);
           enc.copyBufferToBuffer(bounce!, 0, buffers[c.to.buffer], c.to.offset, c.from.size);
@@ -220,7 +230,7 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
     },
 
     destroy() {
-      for (const b of buffers) b.destroy();
+      for (const [i, b] of buffers.entries()) if (plan.buffers[i]?.kind !== 'bound') b.destroy();
       for (const b of staging.values()) b.destroy();
       staging.clear();
     },
@@ -244,4 +254,29 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
     },
   };
   return compiled;
+}
+
+/**
+ * The plan with the named inputs moved to buffers of their own (kind 'bound', in the order of `names`), every slot
+ * that referred to an input's bytes re-pointed there. An input's range in its arena is never shared (inputs live for
+ * the whole run) and reshapes alias whole values, so a slot of an input is exactly the input's slot.
+ */
+function bindInputs(plan: Plan, names: string[]): Plan {
+  const buffers = plan.buffers.slice();
+  const moved = new Map<string, Slot>();
+  names.forEach((name, index) => {
+    const t = plan.inputs[name];
+    if (!t) throw new Error(`bind: no input named ${name} (inputs: ${Object.keys(plan.inputs).join(', ')})`);
+    moved.set(`${t.slot.buffer},${t.slot.offset}`, { buffer: buffers.length, offset: 0, size: t.slot.size });
+    buffers.push({ kind: 'bound', size: t.slot.size, index });
+  });
+  const re = (s: Slot): Slot => moved.get(`${s.buffer},${s.offset}`) ?? s;
+  const tensors = (r: Record<string, PlannedTensor>) => Object.fromEntries(Object.entries(r).map(([k, t]) => [k, { ...t, slot: re(t.slot) }]));
+  return {
+    ...plan,
+    buffers,
+    dispatches: plan.dispatches.map((d) => ({ ...d, slots: d.slots.map(re) })),
+    inputs: tensors(plan.inputs),
+    outputs: tensors(plan.outputs),
+  };
 }

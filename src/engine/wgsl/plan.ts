@@ -28,9 +28,13 @@ export interface Slot {
 }
 
 export interface PlanBuffer {
-  /** 'arena': values with lifetimes (inputs, intermediates, outputs, scratch); 'const': constants only. */
-  kind: 'arena' | 'const';
+  /**
+   * 'arena': values with lifetimes (inputs, intermediates, outputs, scratch); 'const': constants only; 'bound': one
+   * input in a buffer the caller owns (the index-th of CompileOptions.bind, executor.ts).
+   */
+  kind: 'arena' | 'const' | 'bound';
   size: number;
+  index?: number;
 }
 
 export interface PlannedDispatch {
