@@ -2,8 +2,13 @@
 // fixed-size key/value cache kept on the GPU (CompiledEngine.stepper) against tfjs cpu's gptStep, one token at a
 // time and after a moved sliding window's prefill, and sampleCodes giving the same codes on both engines.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
+import { runSample } from '../src/cli/commands/sample.ts';
 import { initBackend, shutdownBackend } from '../src/engine/backend.ts';
 import { CompiledEngine } from '../src/engine/compiled.ts';
 import type { Sym } from '../src/engine/graph/trace.ts';
@@ -23,6 +28,7 @@ import {
   type KvCache,
   type Prior,
 } from '../src/models/gpt.ts';
+import { readImage } from '../src/io/image.ts';
 import { weightTensors } from '../src/models/vqgan.ts';
 import { sampleCodes } from '../src/pipelines/sample.ts';
 import { FIXTURES, maxAbsDiff, missingFixtures, suiteDevice } from './helpers.ts';
@@ -139,8 +145,8 @@ describe('compiled GPT sampling step (software WebGPU) vs tfjs cpu', () => {
       const want = await sampleCodes(tfOps, ref, opts);
       const got = await sampleCodes(engine.ops, p, { ...opts, engine });
       assert.deepEqual(got, want);
-      const other = await sampleCodes(engine.ops, p, { ...opts, seed: 6, engine });
-      assert.notDeepEqual(other, got, 'another seed, other codes');
+      const [other] = await sampleCodes(engine.ops, p, { ...opts, n: 1, seed: 6, engine });
+      assert.notDeepEqual(other, got[0], 'another seed, other codes');
       // A 9x8 grid: the 8x8 window moves along the rows (prefill) and codes continue it (decode).
       const grid: [number, number] = [9, 8];
       const w2 = await sampleCodes(tfOps, ref, { ...opts, n: 1, grid });
@@ -149,5 +155,46 @@ describe('compiled GPT sampling step (software WebGPU) vs tfjs cpu', () => {
     } finally {
       engine.destroy();
     }
+  });
+});
+
+describe('vqclip sample --engine', () => {
+  const gpu = suiteDevice();
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vqclip-sample-engine-'));
+  before(async () => void (await initBackend('cpu')));
+  after(async () => {
+    await shutdownBackend();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  test('compiled writes the same images as tfjs (same codes; decoded on the compiled engine)', async (t) => {
+    const unavailable = missingFixtures([CKPT]) ?? gpu.unavailable;
+    if (unavailable) return t.skip(unavailable);
+    const args = { ckpt: `${FIXTURES}/${CKPT}`, class: 2, n: 1, topK: 10, seed: 9 };
+    const a = await runSample({ ...args, output: path.join(tmp, 'tfjs') });
+    const compiled = new CompiledEngine(gpu.device!);
+    const lines: string[] = [];
+    try {
+      const b = await runSample({ ...args, output: path.join(tmp, 'compiled') }, (l) => lines.push(l), { name: 'compiled', ex: compiled.executor as never, compiled, destroy: () => {} });
+      assert.match(lines[0], /compiled engine/);
+      for (let i = 0; i < args.n; i++) {
+        const [x, y] = [await readImage(a.outputs[i]), await readImage(b.outputs[i])];
+        // 8-bit PNGs of images within 1e-4: at most one level apart.
+        assert.ok(maxAbsDiff(x.data, y.data) <= 1 / 255 + 1e-6, `image ${i}`);
+      }
+    } finally {
+      compiled.destroy();
+    }
+  });
+
+  test('--engine compiled without webgpu, or an unknown engine, is a clear error', () => {
+    const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+    const run = (...a: string[]) => spawnSync(process.execPath, [path.join(root, 'src/bin.mjs'), 'sample', '--ckpt', 'none.ckpt', ...a], { encoding: 'utf8' });
+    const r = run('--backend', 'cpu', '--engine', 'compiled');
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--engine compiled needs the webgpu backend \(this run uses cpu\)\n  fix: add --backend webgpu, or use --engine tfjs/);
+    const u = run('--backend', 'cpu', '--engine', 'fast');
+    assert.equal(u.status, 2, u.stderr);
+    assert.match(u.stderr, /unknown engine 'fast'\n  fix: choose one of auto, tfjs, compiled/);
   });
 });

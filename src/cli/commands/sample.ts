@@ -3,11 +3,14 @@
 // (cin_transformer: class-conditional ImageNet; ffhq / celebahq: unconditional faces), decoded by the
 // checkpoint's own VQGAN. Sizes above the trained one use the sliding window. Every PNG carries its settings as
 // text chunks; names never overwrite earlier results. With --rerank, CLIP scores the samples against the prompt
-// and only the best --keep are written (best first).
+// and only the best --keep are written (best first). With `--engine compiled` (auto on webgpu) the GPT step runs as a
+// compiled plan with its key/value cache on the GPU, and the first stage decodes through the same engine.
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { CommandModule } from 'yargs';
 import { initBackend, shutdownBackend } from '../../engine/backend.ts';
+import { chooseEngine, parseEngine, type ChosenEngine } from '../../engine/engines.ts';
+import type { Ops } from '../../engine/ops.ts';
 import { tfOps } from '../../engine/tfjs-ops.ts';
 import { writePng, type RgbImage } from '../../io/image.ts';
 import { gptParameterCount, gptWeightTensors, loadPrior, condToken, readPriorFiles, type PriorFiles } from '../../models/gpt.ts';
@@ -37,6 +40,8 @@ export interface SampleArgs {
   rerank?: string;
   keep?: number;
   clip?: string;
+  /** auto | tfjs | compiled (see engines.ts); the handler chooses, runSample takes the choice. */
+  engine?: string;
 }
 
 export interface SampleResult {
@@ -74,8 +79,11 @@ function checkFitsBackend(files: PriorFiles): void {
   }
 }
 
-/** The command without argument parsing or backend start-up (tests call this). Uses the active tfjs backend. */
-export async function runSample(args: SampleArgs, log: (line: string) => void = () => {}): Promise<SampleResult> {
+/**
+ * The command without argument parsing or backend start-up (tests call this). Uses the active tfjs backend, or the
+ * compiled engine given (the prior's weights then live on it; CLIP reranking stays on tfjs).
+ */
+export async function runSample(args: SampleArgs, log: (line: string) => void = () => {}, engine?: ChosenEngine): Promise<SampleResult> {
   if (!args.ckpt) {
     throw new UserError(
       'sample needs a taming transformer checkpoint: --ckpt FILE_OR_FOLDER',
@@ -93,8 +101,11 @@ export async function runSample(args: SampleArgs, log: (line: string) => void = 
   const outDir = args.output ?? 'samples';
 
   const files = readPriorFiles(args.ckpt, args.config);
-  checkFitsBackend(files);
-  const prior = await loadPrior(tfOps, files);
+  const compiled = engine?.compiled;
+  if (!compiled) checkFitsBackend(files);
+  // The pipelines are generic in the tensor type: the prior's tensors are the chosen engine's.
+  const o = (compiled?.ops ?? tfOps) as Ops<tf.Tensor>;
+  const prior = await loadPrior(o, files);
   let clip: Awaited<ReturnType<typeof loadClip<tf.Tensor>>> | undefined;
   try {
     // Validate everything cheap before minutes of sampling.
@@ -108,10 +119,11 @@ export async function runSample(args: SampleArgs, log: (line: string) => void = 
 
     const kind = prior.config.cond.kind === 'class' ? `class ${args.class}` : 'unconditional';
     const windowNote = grid[0] !== prior.grid[0] || grid[1] !== prior.grid[1] ? `, sliding ${prior.grid[0]}x${prior.grid[1]} window` : '';
-    log(`sampling ${n} x ${size.width}x${size.height} (${grid[0]}x${grid[1]} codes${windowNote}) from ${path.basename(prior.checkpoint)}, ${kind}, seed ${seed}`);
+    log(`sampling ${n} x ${size.width}x${size.height} (${grid[0]}x${grid[1]} codes${windowNote}) from ${path.basename(prior.checkpoint)}, ${kind}, seed ${seed}${compiled ? ', compiled engine' : ''}`);
     let lastPct = -1;
     const t0 = performance.now();
-    const { images } = await sampleImages(tfOps, prior, {
+    const { images } = await sampleImages(o, prior, {
+      engine: compiled,
       n,
       batchSize,
       classLabel: args.class,
@@ -165,7 +177,7 @@ export async function runSample(args: SampleArgs, log: (line: string) => void = 
     log(`wrote ${outputs.length} image${outputs.length === 1 ? '' : 's'} to ${outDir}/ in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     return { outputs, seed, scores: args.rerank !== undefined ? order.map((r) => r.score) : undefined };
   } finally {
-    tf.dispose([...gptWeightTensors(prior.gpt), ...weightTensors(prior.firstStage)]);
+    if (!compiled) tf.dispose([...gptWeightTensors(prior.gpt), ...weightTensors(prior.firstStage)]);
     if (clip) tf.dispose(clipWeightTensors(clip.weights));
   }
 }
@@ -189,12 +201,17 @@ const command: CommandModule<object, SampleArgs & { backend: string }> = {
       .option('output', { alias: 'o', type: 'string', default: 'samples', describe: 'output folder (files are never overwritten)' })
       .option('rerank', { type: 'string', describe: 'score the samples with CLIP against this text and keep the best' })
       .option('keep', { type: 'number', describe: 'with --rerank: how many of the best to write (default 1)' })
-      .option('clip', { type: 'string', describe: `CLIP weights for --rerank (default weights/${DEFAULT_CLIP_FILE})` }) as never,
+      .option('clip', { type: 'string', describe: `CLIP weights for --rerank (default weights/${DEFAULT_CLIP_FILE})` })
+      .option('engine', { type: 'string', describe: 'auto, tfjs or compiled (WebGPU: the GPT step planned once, its key/value cache on the GPU); auto = compiled on webgpu (or VQCLIP_ENGINE)' }) as never,
   handler: async (argv) => {
-    await initBackend(argv.backend);
+    const choice = parseEngine(argv.engine);
+    const report = await initBackend(argv.backend);
+    let engine: ChosenEngine | undefined;
     try {
-      await runSample(argv, (l) => process.stdout.write(`${l}\n`));
+      engine = chooseEngine(choice, report);
+      await runSample(argv, (l) => process.stdout.write(`${l}\n`), engine);
     } finally {
+      engine?.destroy();
       await shutdownBackend();
     }
   },
