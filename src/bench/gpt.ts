@@ -11,6 +11,15 @@
 // (embedding + head + host sampling) - the output says so.
 //
 //   node --import tsx src/bench/gpt.ts [--quick] [--backend wasm] [--layers 48]   (or: npm run bench -- --only gpt)
+//   node --import tsx src/bench/gpt.ts --engine compiled [--width 192] [--tokens 16] [--batch 1]   (compiled only)
+//
+// The compiled engine (last part of the section, or alone with --engine compiled): the real sampling loop
+// (sampleCodes with opts.engine: gptCachedStep planned once, the key/value cache on the GPU) at the cin depth, 48
+// blocks, reporting dispatches per token and the HOST time per token (uploading the step data + encoding the
+// dispatches, + submitting on hardware). On the software adapter nothing is submitted (llvmpipe is far too slow)
+// and the width is cut to 192 (8 per head; vocab and block size kept) so the constants are made quickly: host time
+// depends on the number of dispatches and bindings, not on the width. On hardware it runs the full width, submitted,
+// and also reports the wall time per token.
 //
 // Measured 2026-11-28 (48 blocks, positions 1-6; each a single run):
 // - NVIDIA H200, tfjs-backend-webgpu 4.22 via Dawn/Vulkan (this file bundled with esbuild, run with the carried node
@@ -24,7 +33,10 @@
 //   whole-cache concat at position 255, batch 25: 4.6-5.9 s per step (why the cache is chunked on wasm/cpu).
 //   cpu backend (plain JS, 2 of 48 blocks scaled): batch 1 38 s/step (53x PyTorch), batch 25 194 s/step.
 import * as tf from '@tensorflow/tfjs';
+import { CompiledEngine } from '../engine/compiled.ts';
+import type { Ops } from '../engine/ops.ts';
 import { tfOps } from '../engine/tfjs-ops.ts';
+import { createWebGPUDevice, currentWebGPU } from '../engine/webgpu.ts';
 import type { TransformerConfig } from '../formats/taming-config.ts';
 import { KV_CHUNK, gptParameterCount, gptStep, kvTensors, makePermuter, type GptBlock, type GptConfig, type GptWeights, type KvCache, type Prior } from '../models/gpt.ts';
 import { defaultKvChunk, sampleCodes } from '../pipelines/sample.ts';
@@ -77,7 +89,7 @@ function randomWeights(cfg: GptConfig, layers: number): { w: GptWeights<tf.Tenso
 }
 
 /** A class-conditional prior over a 1 x steps "grid" (sequence mode, Identity), no first stage: sampleCodes only. */
-function benchPrior(cfg: GptConfig, w: GptWeights<tf.Tensor>, steps: number): Prior<tf.Tensor> {
+function benchPrior<T>(cfg: GptConfig, w: GptWeights<T>, steps: number): Prior<T> {
   const config = {
     target: 'taming.models.cond_transformer.Net2NetTransformer',
     gpt: cfg,
@@ -249,6 +261,90 @@ export async function benchGpt(log: (line: string) => void, opts: GptBenchOption
         `(${((100 * chunk) / step).toFixed(1)}%); sampling on ${backend} uses ${used}`,
     );
   }
+  await benchGptCompiled(log, { tokens: quick ? 12 : 16 });
 }
 
-await runStandalone('gpt', (log, a) => benchGpt(log, { quick: a.has('--quick'), layers: a.arg('--layers') ? Number(a.arg('--layers')) : undefined }));
+export interface GptCompiledBenchOptions {
+  /** Model width (default: 1536 on hardware, 192 on the software adapter). */
+  width?: number;
+  /** Tokens sampled (the first compiles; the median is over the others). */
+  tokens?: number;
+  batch?: number;
+}
+
+/** Random weights of `cfg` as constants of `o`, every block sharing one block's (as randomWeights). */
+function randomConstWeights<T>(o: Ops<T>, cfg: GptConfig): GptWeights<T> {
+  const C = cfg.nEmbd;
+  let seed = 1;
+  const u = (shape: number[], scale: number): T => {
+    const d = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    let s = seed++ >>> 0;
+    for (let i = 0; i < d.length; i++) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      d[i] = (s / 2 ** 32 - 0.5) * scale;
+    }
+    return o.constant(d, shape);
+  };
+  const lin = (i: number, n: number) => ({ w: u([i, n], 2 / Math.sqrt(i)), b: u([n], 0.02) });
+  const ln = () => ({ gamma: o.constant(new Float32Array(C).fill(1), [C]), beta: o.zeros([C]) });
+  const shared: GptBlock<T> = { ln1: ln(), qkv: lin(C, 3 * C), proj: lin(C, C), ln2: ln(), fc: lin(C, 4 * C), fcOut: lin(4 * C, C) };
+  return { tokEmb: u([cfg.vocabSize, C], 2), posEmb: u([cfg.blockSize, C], 0.5), blocks: Array.from({ length: cfg.nLayer }, () => shared), lnF: ln(), head: u([C, cfg.vocabSize], 2 / Math.sqrt(C)) };
+}
+
+/** The compiled engine's sampling step at the cin depth: dispatches and host milliseconds per token (see the header). */
+export async function benchGptCompiled(log: (line: string) => void, opts: GptCompiledBenchOptions = {}): Promise<void> {
+  const own = currentWebGPU() ? undefined : await createWebGPUDevice('allow').catch((e: Error) => e);
+  if (own instanceof Error) {
+    log(`compiled GPT step: no WebGPU adapter (${own.message.split('\n')[0]}); skipped`);
+    return;
+  }
+  const setup = currentWebGPU() ?? own!;
+  const hardware = !setup.info.software;
+  const cfg: GptConfig = { ...CIN, nEmbd: opts.width ?? (hardware ? CIN.nEmbd : 192) };
+  const tokens = Math.max(2, opts.tokens ?? 16);
+  const batch = opts.batch ?? 1;
+  const engine = new CompiledEngine(setup.device, { submit: hardware });
+  try {
+    const prior = benchPrior(cfg, randomConstWeights(engine.ops, cfg), tokens);
+    const rows: Array<{ at: number; host: number; encode: number }> = [];
+    const t0 = performance.now();
+    await sampleCodes(engine.ops, prior, {
+      n: batch,
+      batchSize: batch,
+      classLabel: 1,
+      topK: 600,
+      topP: 0.92,
+      seed: 0,
+      engine,
+      onProgress: () => rows.push({ at: performance.now(), host: engine.stats.lastStepHostMs, encode: engine.stats.lastStepEncodeMs }),
+    });
+    const later = rows.slice(1);
+    const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    const host = med(later.map((r) => r.host));
+    const encode = med(later.map((r) => r.encode));
+    const range = `${Math.min(...later.map((r) => r.host)).toFixed(2)}-${Math.max(...later.map((r) => r.host)).toFixed(2)}`;
+    log(
+      `compiled GPT step on ${setup.info.device || setup.info.description} (${hardware ? 'hardware: submitted' : 'software: encoded, not submitted'}): ` +
+        `${cfg.nLayer} blocks x ${cfg.nEmbd} wide${cfg.nEmbd !== CIN.nEmbd ? ` (cin: ${CIN.nEmbd}; host time does not depend on the width)` : ''}, ${cfg.nHead} heads, vocab ${cfg.vocabSize}, block ${cfg.blockSize}, batch ${batch}; ` +
+        `first token (trace + plan + compile) ${((rows[0].at - t0) / 1000).toFixed(1)} s`,
+    );
+    log(
+      `  ${engine.stats.dispatches} dispatches per token (${(engine.stats.dispatches / cfg.nLayer).toFixed(1)} per block), ${engine.stats.pipelineSwitches} pipeline switches; ` +
+        `host ${host.toFixed(2)} ms per token (upload + encode ${encode.toFixed(2)}${hardware ? ' + submit' : ''}; median of ${later.length}, range ${range})`,
+    );
+    if (hardware) {
+      const wall = med(later.map((r, i) => r.at - rows[i].at));
+      log(`  wall ${wall.toFixed(2)} ms per step = ${((1000 * batch) / wall).toFixed(1)} tokens/s (PyTorch H200: 44 tokens/s at batch 1; tfjs-webgpu 3.2)`);
+    }
+  } finally {
+    engine.destroy();
+    own?.device.destroy();
+  }
+}
+
+await runStandalone('gpt', (log, a) => {
+  const num = (f: string) => (a.arg(f) ? Number(a.arg(f)) : undefined);
+  const compiled = { width: num('--width'), tokens: num('--tokens'), batch: num('--batch') };
+  if (a.arg('--engine') === 'compiled') return benchGptCompiled(log, compiled);
+  return benchGpt(log, { quick: a.has('--quick'), layers: num('--layers') });
+});
