@@ -291,11 +291,18 @@ function binaryVjp(b: GraphBuilder, n: Node<'binary'>, a: Sym, c: Sym, g: Sym, t
   }
 }
 
-function matmulVjp(b: GraphBuilder, n: Node<'matmul'>, a: Sym, c: Sym, g: Sym, to: To): void {
+function matmulVjp(b: GraphBuilder, n: Node<'matmul'>, a: Sym, c: Sym, gIn: Sym, to: To): void {
   const { transposeA: ta, transposeB: tb } = n.attrs;
+  // A gradient that is scale(h, s) (attention's score scale: softmaxGrad, then its scale, then these products) is
+  // taken as h, and the products are scaled instead (matmul is linear): there the scale is the GEMM's epilogue,
+  // before them it was a dispatch of its own.
+  const gn = b.graph.nodes[gIn.id] as Node<'unary'>;
+  const s = gn.op === 'unary' && gn.attrs.fn === 'scale' ? gn.attrs.s! : 1;
+  const g = s === 1 ? gIn : b.syms[gn.inputs[0]];
+  const scaled = (x: Sym) => (s === 1 ? x : b.scale(x, s));
   // y = op(a) op(c); the products below have the broadcast batch axes, summed back to each operand's shape.
   const da = () => (ta ? (tb ? b.matmul(c, g, true, true) : b.matmul(c, g, false, true)) : tb ? b.matmul(g, c) : b.matmul(g, c, false, true));
   const dc = () => (ta ? (tb ? b.matmul(g, a, true, true) : b.matmul(a, g)) : tb ? b.matmul(g, a, true, false) : b.matmul(a, g, true, false));
-  to(0, () => sumTo(b, da(), a.shape));
-  to(1, () => sumTo(b, dc(), c.shape));
+  to(0, () => sumTo(b, scaled(da()), a.shape));
+  to(1, () => sumTo(b, scaled(dc()), c.shape));
 }
