@@ -5,8 +5,14 @@
 // Figures (max abs error vs the reference, measured here): VQGAN decode 2.0e-3 (max |ref| 3.4), GPT logits 1.8e-3
 // (4.4), e2e step losses 1.4e-5 (0.97); CLIP's released weights are fp16 values, so CLIP is exact.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, before, describe, test, type TestContext } from 'node:test';
+import type { BackendReport } from '../src/engine/backend.ts';
+import { UserError } from '../src/cli/errors.ts';
 import { CompiledEngine, type Precision } from '../src/engine/compiled.ts';
+import { chooseEngine } from '../src/engine/engines.ts';
 import type { Ops } from '../src/engine/ops.ts';
 import type { Sym } from '../src/engine/graph/trace.ts';
 import { asFloat32, asNumbers, type HostTensor } from '../src/formats/host-tensor.ts';
@@ -127,5 +133,22 @@ describe("compiled engine precision 'f16' vs float32 and the references (softwar
       gen.dispose();
       engine.destroy();
     }
+  });
+});
+
+describe('--precision on the command line', () => {
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+  const run = (...a: string[]) => spawnSync(process.execPath, [path.join(root, 'src/bin.mjs'), ...a], { encoding: 'utf8' });
+
+  test('f16 with the tfjs engine (chosen, or auto without webgpu) and unknown precisions are clear errors', () => {
+    const g = run('generate', 'a red apple', '--backend', 'cpu', '--engine', 'tfjs', '--precision', 'f16');
+    assert.equal(g.status, 2, g.stderr);
+    assert.match(g.stderr, /--precision f16 applies only to the compiled engine \(this run uses --engine tfjs\)\n  fix: drop --precision, or use --engine compiled with --backend webgpu/);
+    const u = run('sample', '--ckpt', 'none.ckpt', '--backend', 'cpu', '--precision', 'f64');
+    assert.equal(u.status, 2, u.stderr);
+    assert.match(u.stderr, /unknown precision 'f64'\n  fix: choose one of f32, f16/);
+    const cpu = { backend: 'cpu' } as Pick<BackendReport, 'backend'> as BackendReport; // all chooseEngine reads
+    assert.throws(() => chooseEngine('auto', cpu, 'f16'), (e: Error) => e instanceof UserError && /this run uses the tfjs engine on cpu/.test(e.message));
+    assert.equal(chooseEngine('auto', cpu).name, 'tfjs');
   });
 });

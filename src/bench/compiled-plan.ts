@@ -1,20 +1,21 @@
 // The size of the compiled generate step at the real shapes (f16_16384 decoder + ViT-B/32, random weights), without
 // running it: the step's graph is traced as CompiledEngine traces it, then planned with and without elementwise
 // fusion (graph/fuse.ts, with matmul epilogues, as CompiledEngine plans); printed: live nodes, dispatches before/after
-// fusion, what the remaining dispatches are, and the time to fuse and to plan (both must stay in seconds).
+// fusion, what the remaining dispatches are, the time to fuse and to plan (both must stay in seconds), and the
+// constant bytes with precision f32 and f16 (weights stored as halves: CompiledEngine's header).
 //
 //   node --import tsx src/bench/compiled-plan.ts [--size 256] [--cutn 32] [--cut-method original]
 //
 // The engine's loop compiles its plans through CompiledEngine.compileGraph; here that is replaced by a stand-in that
 // keeps the graph and returns a plan that is never compiled nor run (reads give zeros), so nothing but the prompt
 // encoding touches the GPU and the software adapter suffices.
-import { CompiledEngine } from '../engine/compiled.ts';
+import { CompiledEngine, HALF_MIN_ELEMENTS } from '../engine/compiled.ts';
 import { fuseElementwise } from '../engine/graph/fuse.ts';
 import type { Graph } from '../engine/graph/ir.ts';
 import { createWebGPUDevice, currentWebGPU } from '../engine/webgpu.ts';
 import type { CompiledGraph } from '../engine/wgsl/executor.ts';
 import { DEFAULT_LIMITS } from '../engine/wgsl/kernel.ts';
-import { lowerings } from '../engine/wgsl/lowerings.ts';
+import { halfInputs, lowerings } from '../engine/wgsl/lowerings.ts';
 import { planGraph, type Plan, type PlanOptions } from '../engine/wgsl/plan.ts';
 import { clipWeights } from '../models/clip-load.ts';
 import { ByteTokenizer } from '../models/demo.ts';
@@ -44,6 +45,8 @@ function inert(plan: Plan): CompiledGraph {
     stats: { dispatches: plan.dispatches.length, pipelines: 0, pipelineSwitches: 0, bindGroups: 0, buffers: 0, arenaBytes: plan.memory.arenaBytes, constBytes: plan.memory.constBytes },
   };
 }
+
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 
 const liveNodes = (g: Graph): number => {
   const live = new Uint8Array(g.nodes.length);
@@ -96,8 +99,11 @@ export async function benchCompiledPlan(log: (line: string) => void, opts: { siz
     log(`generate step ${opts.size}x${opts.size}/${opts.cutn} (${opts.cutMethod}): ${liveNodes(g)} live nodes (${g.nodes.length} in the step's graph)`);
     log(`  dispatches: ${plain.dispatches.length} unfused -> ${fused.dispatches.length} fused (${liveNodes(f)} live nodes after fusion)`);
     log(`  time: plan unfused ${(t1 - t0).toFixed(0)} ms; fuse ${(t2 - t1).toFixed(0)} ms + plan ${(t3 - t2).toFixed(0)} ms`);
-    log(`  arena ${(fused.memory.arenaBytes / 2 ** 20).toFixed(0)} MiB fused vs ${(plain.memory.arenaBytes / 2 ** 20).toFixed(0)} MiB unfused`);
+    log(`  arena ${mib(fused.memory.arenaBytes)} fused vs ${mib(plain.memory.arenaBytes)} unfused`);
     log(`  remaining dispatches by kind: ${histogram(f, fused, 24)}`);
+    const half = planGraph(f, lowerings, DEFAULT_LIMITS, { ...planOptions(device), f16Weights: { inputs: halfInputs, minElements: HALF_MIN_ELEMENTS } });
+    const halves = half.consts.filter((c) => c.storage === 'f16').length;
+    log(`  constants ${mib(fused.memory.constBytes)} with precision f32, ${mib(half.memory.constBytes)} with f16 (${halves} of ${half.consts.length} constants stored as f16)`);
   } finally {
     gen?.dispose();
     engine.destroy();

@@ -1,9 +1,9 @@
 // Which engine runs the models: tfjs (op by op on the chosen tfjs backend: the reference, and the only engine on
 // CPUs) or compiled (the graph planned once into WGSL dispatches and replayed: WebGPU only). `auto` takes compiled
-// on webgpu and tfjs elsewhere.
+// on webgpu and tfjs elsewhere. `--precision f16` (compiled only) stores the large weights as halves (compiled.ts).
 import { UserError } from '../cli/errors.ts';
 import type { BackendReport } from './backend.ts';
-import { CompiledEngine } from './compiled.ts';
+import { CompiledEngine, PRECISIONS, type Precision } from './compiled.ts';
 import type { Executor } from './ops.ts';
 import { tfExecutor } from './tfjs-ops.ts';
 import { currentWebGPU } from './webgpu.ts';
@@ -27,12 +27,23 @@ export function parseEngine(text: string | undefined): EngineChoice {
   return found;
 }
 
-export function chooseEngine(choice: EngineChoice, report: BackendReport): ChosenEngine {
+export function parsePrecision(text: string | undefined): Precision {
+  const v = (text ?? 'f32').trim().toLowerCase();
+  const found = PRECISIONS.find((p) => p === v);
+  if (!found) throw new UserError(`unknown precision '${text}'`, `choose one of ${PRECISIONS.join(', ')}`);
+  return found;
+}
+
+export function chooseEngine(choice: EngineChoice, report: BackendReport, precision: Precision = 'f32'): ChosenEngine {
   const gpu = report.backend === 'webgpu' ? currentWebGPU() : undefined;
   if (choice === 'compiled' && !gpu) {
     throw new UserError(`--engine compiled needs the webgpu backend (this run uses ${report.backend})`, 'add --backend webgpu, or use --engine tfjs');
   }
+  if (precision !== 'f32' && (choice === 'tfjs' || !gpu)) {
+    const why = choice === 'tfjs' ? 'this run uses --engine tfjs' : `this run uses the tfjs engine on ${report.backend}`;
+    throw new UserError(`--precision ${precision} applies only to the compiled engine (${why})`, 'drop --precision, or use --engine compiled with --backend webgpu');
+  }
   if (choice === 'tfjs' || !gpu) return { name: 'tfjs', ex: tfExecutor as Executor<unknown>, destroy: () => {} };
-  const compiled = new CompiledEngine(gpu.device);
+  const compiled = new CompiledEngine(gpu.device, { precision });
   return { name: 'compiled', ex: compiled.executor as Executor<unknown>, compiled, destroy: () => compiled.destroy() };
 }

@@ -4,7 +4,7 @@
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { initBackend, shutdownBackend, type BackendChoice } from '../../engine/backend.ts';
-import { chooseEngine, parseEngine, type ChosenEngine } from '../../engine/engines.ts';
+import { chooseEngine, parseEngine, parsePrecision, type ChosenEngine } from '../../engine/engines.ts';
 import { tfExecutor } from '../../engine/tfjs-ops.ts';
 import { CUT_METHODS, parseCutMethod } from '../../pipelines/cutouts.ts';
 import { DEFAULT_SETTINGS, type GenerateSettings } from '../../pipelines/generate.ts';
@@ -22,6 +22,8 @@ import { textReporter } from '../progress.ts';
 
 export interface GenerateArgs {
   engine?: string;
+  /** f32 | f16 (compiled engine only: engines.ts). */
+  precision?: string;
   prompt?: string;
   prompts?: string;
   imagePrompts?: string;
@@ -186,17 +188,19 @@ export function generateOptions<T>(y: Argv<T>) {
     .option('from', { type: 'string', describe: 'replay the settings and models recorded in a PNG made by vqclip (flags given override)' })
     .option('resume', { type: 'string', describe: 'continue an interrupted run from its .resume.safetensors file' })
     .option('engine', { type: 'string', describe: "auto, tfjs or compiled (WebGPU: the step planned once into WGSL dispatches and replayed); auto = compiled on webgpu (or VQCLIP_ENGINE)" })
+    .option('precision', { type: 'string', describe: 'f32 (default) or f16: the compiled engine stores the large weights (conv, linear) as halves, half their memory; math stays float32' })
     .option('json', { type: 'boolean', describe: 'print a one-line JSON summary on stdout at the end' })
     .option('quiet', { alias: 'q', type: 'boolean', describe: 'no progress output' });
 }
 
 export async function generateHandler(a: GenerateArgs): Promise<void> {
   const engineChoice = parseEngine(a.engine);
+  const precision = parsePrecision(a.precision);
   const report = await initBackend(a.backend as BackendChoice);
   const { signal, release } = interruptible();
   let engine: ChosenEngine | undefined;
   try {
-    engine = chooseEngine(engineChoice, report);
+    engine = chooseEngine(engineChoice, report, precision);
     const summary = await runGenerateCommand(a, { signal, backend: report.backend, engine, log: textReporter({ quiet: a.quiet }) });
     if (a.json) process.stdout.write(`${JSON.stringify({ ...summary, backend: report.backend, engine: engine.name })}\n`);
     if (summary.interrupted) process.exitCode = 130;

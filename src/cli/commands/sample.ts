@@ -9,7 +9,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { CommandModule } from 'yargs';
 import { initBackend, shutdownBackend } from '../../engine/backend.ts';
-import { chooseEngine, parseEngine, type ChosenEngine } from '../../engine/engines.ts';
+import { chooseEngine, parseEngine, parsePrecision, type ChosenEngine } from '../../engine/engines.ts';
 import type { Ops } from '../../engine/ops.ts';
 import { tfOps } from '../../engine/tfjs-ops.ts';
 import { writePng, type RgbImage } from '../../io/image.ts';
@@ -42,6 +42,8 @@ export interface SampleArgs {
   clip?: string;
   /** auto | tfjs | compiled (see engines.ts); the handler chooses, runSample takes the choice. */
   engine?: string;
+  /** f32 | f16 (compiled engine only: engines.ts). */
+  precision?: string;
 }
 
 export interface SampleResult {
@@ -202,13 +204,15 @@ const command: CommandModule<object, SampleArgs & { backend: string }> = {
       .option('rerank', { type: 'string', describe: 'score the samples with CLIP against this text and keep the best' })
       .option('keep', { type: 'number', describe: 'with --rerank: how many of the best to write (default 1)' })
       .option('clip', { type: 'string', describe: `CLIP weights for --rerank (default weights/${DEFAULT_CLIP_FILE})` })
-      .option('engine', { type: 'string', describe: 'auto, tfjs or compiled (WebGPU: the GPT step planned once, its key/value cache on the GPU); auto = compiled on webgpu (or VQCLIP_ENGINE)' }) as never,
+      .option('engine', { type: 'string', describe: 'auto, tfjs or compiled (WebGPU: the GPT step planned once, its key/value cache on the GPU); auto = compiled on webgpu (or VQCLIP_ENGINE)' })
+      .option('precision', { type: 'string', describe: 'f32 (default) or f16: the compiled engine stores the large weights (conv, linear) as halves, half their memory; math stays float32' }) as never,
   handler: async (argv) => {
     const choice = parseEngine(argv.engine);
+    const precision = parsePrecision(argv.precision);
     const report = await initBackend(argv.backend);
     let engine: ChosenEngine | undefined;
     try {
-      engine = chooseEngine(choice, report);
+      engine = chooseEngine(choice, report, precision);
       await runSample(argv, (l) => process.stdout.write(`${l}\n`), engine);
     } finally {
       engine?.destroy();
