@@ -383,6 +383,126 @@ describe('elementwise fusion on the software adapter', () => {
     t.diagnostic(`dispatches ${plain.dispatches} -> ${fused.dispatches}`);
   });
 
+  test('packed q/k/v: one transposed store, the heads as in-place slices; the backward concat read through reshaped views', async (t) => {
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
+    const r = rng(9);
+    const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => r() - 0.5);
+    // As clip.ts traces attention: qkv [B*T, 3C] -> [B, T, 3, H, D] -> [3, B, H, T, D]; q, k, v are slices along the
+    // first axis (B*H*T*D = 128 floats: 512-byte parts, aligned, so views). The backward-like output concatenates
+    // three [B, H, T, D] gradients along that axis, transposes back to [B, T, 3C] and multiplies by w^T, reading
+    // the concat through the transpose and two reshapes. A slice at a misaligned offset is still a copy.
+    const [B, T, H, D] = [2, 4, 2, 8];
+    const C = H * D;
+    const b = new GraphBuilder();
+    const x = b.input('x', [B * T, C]);
+    const dy = b.input('dy', [B, H, T, D]);
+    const w = b.constant(data([C, 3 * C]), [C, 3 * C]);
+    const heads3 = b.transpose(b.reshape(b.matmul(x, w), [B, T, 3, H, D]), [2, 0, 3, 1, 4]);
+    const [q, k, v] = [0, 1, 2].map((i) => b.reshape(b.slice(heads3, [i, 0, 0, 0, 0], [1, B, H, T, D]), [B, H, T, D]));
+    const p = b.softmax(b.scale(b.matmul(q, k, false, true), 0.25));
+    b.output('out', b.matmul(p, v));
+    const grads = [b.matmul(p, k), b.matmul(p, q, true, false), b.mul(dy, v)].map((g) => b.reshape(g, [1, B, H, T, D]));
+    const back = b.reshape(b.reshape(b.transpose(b.concat(grads, 0), [1, 3, 0, 2, 4]), [B, T, 3 * C]), [B * T, 3 * C]);
+    b.output('dx', b.matmul(back, w, false, true));
+    b.output('odd', b.sigmoid(b.slice(b.reshape(x, [B * T * C]), [3], [64])));
+    b.output('q', q); // a view at offset 0, read back: its own elements only
+    const inputs = { x: { data: data([B * T, C]), shape: [B * T, C] }, dy: { data: data([B, H, T, D]), shape: [B, H, T, D] } };
+    const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS, epilogues: true });
+    const labels = planGraph(f, lowerings, DEFAULT_LIMITS, opts()).dispatches.map((d) => d.label);
+    assert.equal(labels.filter((l) => l.startsWith('slice')).length, 1, labels.join('; ')); // the misaligned one
+    assert.ok(!labels.some((l) => l.startsWith('transpose')), labels.join('; '));
+    const plain = await runPlan(b.graph, inputs);
+    const fused = await runPlan(f, inputs);
+    const feed = { x: tf.tensor(inputs.x.data, inputs.x.shape), dy: tf.tensor(inputs.dy.data, inputs.dy.shape) };
+    const ref = tf.tidy(() => Object.fromEntries(Object.entries(interpret(tfOps, b.graph, feed)).map(([n, val]) => [n, val.dataSync()])));
+    const refFused = tf.tidy(() => Object.fromEntries(Object.entries(interpret(tfOps, f, feed)).map(([n, val]) => [n, val.dataSync()])));
+    for (const name of Object.keys(ref)) {
+      assert.equal(fused.values[name].length, ref[name].length, name);
+      const d = maxAbsDiff(fused.values[name], plain.values[name]);
+      const dRef = maxAbsDiff(fused.values[name], ref[name]);
+      t.diagnostic(`${name}: max abs diff ${d} (vs tfjs cpu ${dRef.toExponential(1)})`);
+      assert.ok(d <= 1e-6, `${name}: ${d}`);
+      assert.ok(dRef <= 1e-5, `${name}: vs tfjs ${dRef}`);
+      assert.ok(maxAbsDiff(refFused[name], ref[name]) <= 1e-6, `${name}: the fused graph interprets to the same values`);
+    }
+    t.diagnostic(`dispatches ${plain.dispatches} -> ${fused.dispatches}`);
+  });
+
+  test('separate outputs: a norm or bias value that the backward also reads is stored by the kernel of its activation', async (t) => {
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
+    const r = rng(17);
+    const data = (shape: number[]) => Float32Array.from({ length: sizeOf(shape) }, () => r() - 0.5);
+    // Forward + backward shapes of VQGAN's GroupNorm + swish (chunked and one-pass) and CLIP's linear + QuickGELU: the
+    // norm's (the biased product's, through a reshape) value is read by the activation and by its gradient. Then a
+    // group whose later member reads an input made after the shared value: no separate output, as before.
+    const cases: Array<{ name: string; groups: number; build: (b: GraphBuilder, x: Sym, dy: Sym) => { act: Sym; shared: Sym; grad: Sym }; x: number[]; dispatches: number }> = [
+      ...[[1, 48, 48, 16], [1, 6, 6, 16]].map((x) => ({
+        name: `groupNorm [${x}] + swish`,
+        groups: 4,
+        x,
+        dispatches: x[1] === 48 ? 3 + 1 : 1 + 1,
+        build: (b: GraphBuilder, xs: Sym, dy: Sym) => {
+          const y = b.groupNorm(xs, 4, b.constant(Float32Array.from(data([16]), (v) => v + 1), [16]), b.constant(data([16]), [16]), 1e-6);
+          return { act: b.swish(y), shared: y, grad: b.binary('swishGrad', y, dy) };
+        },
+      })),
+      {
+        name: 'linear + bias + quickGelu',
+        groups: 0,
+        x: [2, 5, 24],
+        dispatches: 2,
+        build: (b: GraphBuilder, xs: Sym, dy: Sym) => {
+          const h = b.reshape(b.add(b.matmul(b.reshape(xs, [10, 24]), b.constant(data([24, 24]), [24, 24])), b.constant(data([24]), [24])), [2, 5, 24]);
+          return { act: b.quickGelu(h), shared: h, grad: b.binary('quickGeluGrad', h, dy) };
+        },
+      },
+    ];
+    for (const c of cases) {
+      const b = new GraphBuilder();
+      const x = b.input('x', c.x);
+      const dy = b.input('dy', c.x);
+      const { act, grad } = c.build(b, x, dy);
+      b.output('act', b.scale(act, 2));
+      b.output('grad', grad);
+      const inputs = { x: { data: data(c.x), shape: c.x }, dy: { data: data(c.x), shape: c.x } };
+      const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS, epilogues: true });
+      assert.equal(f.nodes.filter((n) => n.op === 'fusedOutput').length, 1, c.name);
+      const plain = await runPlan(b.graph, inputs);
+      const fused = await runPlan(f, inputs);
+      assert.equal(fused.dispatches, c.dispatches, c.name);
+      const feed = () => Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, tf.tensor(v.data, v.shape)]));
+      const ref = tf.tidy(() => Object.fromEntries(Object.entries(interpret(tfOps, b.graph, feed())).map(([n, val]) => [n, val.dataSync()])));
+      const refFused = tf.tidy(() => Object.fromEntries(Object.entries(interpret(tfOps, f, feed())).map(([n, val]) => [n, val.dataSync()])));
+      for (const name of ['act', 'grad']) {
+        const d = maxAbsDiff(fused.values[name], plain.values[name]);
+        const dRef = maxAbsDiff(fused.values[name], ref[name]);
+        t.diagnostic(`${c.name} ${name}: ${plain.dispatches} -> ${fused.dispatches} dispatches, max abs diff ${d} (vs tfjs cpu ${dRef.toExponential(1)})`);
+        assert.ok(d <= 1e-6, `${c.name} ${name}: ${d}`);
+        assert.ok(dRef <= 1e-5, `${c.name} ${name}: vs tfjs ${dRef}`);
+        assert.ok(maxAbsDiff(refFused[name], ref[name]) <= 1e-6, `${c.name} ${name}: the fused graph interprets to the same values`);
+      }
+    }
+    // a = x * 2 is also read outside y's group (by neg), and y's group reads `late`, made after a: a cannot be y's
+    // separate output (y's kernel would run before late exists), so y's group stops above a; a is then neg's.
+    const b = new GraphBuilder();
+    const x = b.input('x', [4, 8]);
+    const a = b.scale(x, 2);
+    const na = b.neg(a);
+    const late = b.input('late', [4, 8]);
+    const y = b.mul(b.exp(a), late);
+    b.output('y', y);
+    b.output('a', na);
+    const f = fuseElementwise(b.graph, { maxInputs: MAX_INPUTS, epilogues: true });
+    assert.equal(f.nodes[y.id].op, 'fused');
+    assert.deepEqual(f.nodes[y.id].inputs.sort(), [a.id, late.id].sort());
+    assert.equal(f.nodes[a.id].op, 'fused');
+    assert.equal(f.nodes[na.id].op, 'fusedOutput');
+    const inputs = { x: { data: data([4, 8]) }, late: { data: data([4, 8]) } };
+    const plain = await runPlan(b.graph, inputs);
+    const fused = await runPlan(f, inputs);
+    for (const name of ['y', 'a']) assert.ok(maxAbsDiff(fused.values[name], plain.values[name]) <= 1e-6, name);
+  });
+
   test('random DAGs with broadcasting and reshapes: fused and unfused plans agree, with fewer dispatches', async (t) => {
     if (gpu.unavailable) return t.skip(gpu.unavailable);
     let worst = 0;

@@ -97,7 +97,7 @@ async function time(device: GPUDevice, node: KernelNode, limits: KernelLimits, r
       const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module: device.createShaderModule({ code: d.code }), entryPoint: 'main' } });
       const entries = d.bindings.map((b, i) => ({
         binding: i,
-        resource: { buffer: 'input' in b ? inputs[b.input] : 'output' in b ? out : scratch[b.scratch] },
+        resource: { buffer: 'input' in b ? inputs[b.input] : 'scratch' in b ? scratch[b.scratch] : out },
       }));
       return { pipeline, bindGroup: device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries }), workgroups: d.workgroups };
     });

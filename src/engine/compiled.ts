@@ -125,6 +125,7 @@ export class CompiledEngine {
       maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
       maxInvocationsPerWorkgroup: Math.min(256, l.maxComputeInvocationsPerWorkgroup),
       maxWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      minOffsetAlignment: l.minStorageBufferOffsetAlignment,
     };
     // Every call goes to the current target: the builder, or a replay while a loop step re-runs its functions.
     const engine = this;

@@ -101,7 +101,11 @@ function attention<T>(o: Ops<T>, blk: ResBlockW<T>, heads: number, x: T, causal:
   const [b, l, d] = o.shape(x);
   const hd = d / heads;
   const qkv = o.linear(x, blk.inProj.w, blk.inProj.b); // [B, L, 3D]
-  const split = (i: number) => o.transpose(o.reshape(o.slice(qkv, [0, 0, i * d], [b, l, d]), [b, l, heads, hd]), [0, 2, 1, 3]);
+  // [3, B*L, D] in one transpose (on the compiled engine, the linear's store), so that q, k, v are contiguous parts
+  // of it: the compiled engine reads them in place instead of copying three strided slices (ranks stay <= 4: tfjs's
+  // webgpu backend got the gradient of a rank-5 slice wrong).
+  const qkv3 = o.transpose(o.reshape(qkv, [b * l, 3, d]), [1, 0, 2]);
+  const split = (i: number) => o.transpose(o.reshape(o.slice(qkv3, [i, 0, 0], [1, b * l, d]), [b, l, heads, hd]), [0, 2, 1, 3]);
   const y = o.attention(split(0), split(1), split(2), { scale: 1 / Math.sqrt(hd), causal });
   return o.linear(o.reshape(o.transpose(y, [0, 2, 1, 3]), [b, l, d]), blk.outProj.w, blk.outProj.b);
 }

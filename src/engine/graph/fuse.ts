@@ -33,7 +33,8 @@
 //
 // Transposes (with epilogues): a transpose that only matmuls read is folded into each of them as a view (their GEMM
 // loads read its input at permuted indices; the transpose itself is then dead), so a matmul reading one heads a group
-// even with no epilogue; and a transpose may end a group (the sink), which then runs over the transpose's input and
+// even with no epilogue; so is a transpose that only a reshape read by matmuls reads (the view then has the
+// reshape's shape: the GEMM loads index it flat, and a reshape keeps flat indices); and a transpose may end a group (the sink), which then runs over the transpose's input and
 // stores each element at its permuted place. Attention's head layouts ([B,T,H,D] <-> [B,H,T,D], forward and
 // backward) are all such transposes.
 import { sizeOf, type FusedArg, type FusedStep, type Graph, type Node } from './ir.ts';
@@ -97,9 +98,18 @@ export function fuseElementwise(g: Graph, opts: FuseOptions): Graph {
   const taken = new Uint8Array(nodes.length); // member of a group already
   const viewed = new Uint8Array(nodes.length); // a transpose every reader of which reads through it (dead now)
   const out = nodes.slice();
-  // A transpose that only matmuls read: each of them reads its input at permuted indices instead (see the header).
-  const isView = (id: number) =>
-    nodes[id].op === 'transpose' && nodes[id].dtype === 'f32' && !isOutput[id] && readers[id].every((r) => nodes[r].op === 'matmul');
+  // A transpose that only matmuls read, or reshapes of a transpose (each read by the next alone) that only matmuls
+  // read: each of them reads the transpose's input at permuted indices instead (see the header). Returns the
+  // transpose's id.
+  const viewTranspose = (id: number): number | undefined => {
+    if (nodes[id].dtype !== 'f32' || isOutput[id] || !readers[id].every((r) => nodes[r].op === 'matmul')) return undefined;
+    let t = id;
+    while (nodes[t].op === 'reshape') {
+      t = nodes[t].inputs[0];
+      if (isOutput[t] || readers[t].length !== 1) return undefined;
+    }
+    return nodes[t].op === 'transpose' ? t : undefined;
+  };
 
   for (let sinkId = nodes.length - 1; sinkId >= 0; sinkId--) {
     const sink = nodes[sinkId];
@@ -108,60 +118,87 @@ export function fuseElementwise(g: Graph, opts: FuseOptions): Graph {
     const transposeSink = opts.epilogues && sink.op === 'transpose' && sink.dtype === 'f32' && !viewed[sinkId];
     if (taken[sinkId] || !(computes(sink) || leadSink || transposeSink)) continue;
     const size = sizeOf(sink.shape);
-    const members = new Set<number>([sinkId]);
-    const frame = new Map<number, number[]>([[sinkId, sink.shape]]);
-    const external = new Set<number>(sink.inputs);
-    const views: number[] = [];
-    const foldViews = (mm: Node) => {
-      for (const t of mm.inputs) {
-        if (!isView(t) || views.includes(t)) continue;
-        views.push(t);
-        external.delete(t);
-        external.add(nodes[t].inputs[0]);
+    // A group may keep one member whose value is also read outside it (a separate output, see the header) when
+    // allowed: then every input of the group must come before that member.
+    const grow = (allowExtra: boolean) => {
+      const members = new Set<number>([sinkId]);
+      const frame = new Map<number, number[]>([[sinkId, sink.shape]]);
+      const external = new Set<number>(sink.inputs);
+      const views: number[] = [];
+      let extra: number | undefined;
+      const foldViews = (mm: Node) => {
+        for (const v of mm.inputs) {
+          const t = viewTranspose(v);
+          if (t === undefined || views.includes(v)) continue;
+          views.push(v);
+          viewed[t] = 1;
+          external.delete(v);
+          external.add(nodes[t].inputs[0]);
+        }
+      };
+      // Candidates in decreasing id order: when one is decided, every reader it could have in the group is decided.
+      const candidates = new Set<number>(leadSink ? [] : sink.inputs);
+      let hasProducer = leadSink;
+      let maxInputs = opts.maxInputs;
+      if (leadSink) foldViews(sink);
+      while (candidates.size > 0) {
+        const p = Math.max(...candidates);
+        candidates.delete(p);
+        const n = nodes[p];
+        // A GEMM of the group's size (not broadcast inside it) may lead the group: the rest becomes its epilogue.
+        const producer = opts.epilogues && LEADS.has(n.op) && !hasProducer && sizeOf(n.shape) === size;
+        const fusible = n.dtype === 'f32' && (producer || n.op === 'unary' || n.op === 'binary' || (n.op === 'reshape' && sizeOf(n.shape) === size));
+        if (!fusible || taken[p] || isOutput[p]) continue;
+        const inside = readers[p].filter((r) => members.has(r));
+        const separate = inside.length < readers[p].length;
+        if (separate && !(allowExtra && extra === undefined && sizeOf(n.shape) === size)) continue;
+        // Below a reshape or the final transpose a step is read in its own shape's frame.
+        const frames = inside.map((r) => (nodes[r].op === 'reshape' || nodes[r].op === 'transpose' ? n.shape : frame.get(r)!));
+        if (!frames.every((f) => sameShape(f, frames[0]))) continue;
+        const grown = new Set(external);
+        grown.delete(p);
+        for (const i of n.inputs) if (!members.has(i)) grown.add(i);
+        // The separate output's buffer, and a norm's scratch, take binding slots too.
+        if (grown.size > maxInputs - (producer && SCRATCH_LEADS.has(n.op) ? 1 : 0) - (separate ? 1 : 0)) continue;
+        members.add(p);
+        frame.set(p, frames[0]);
+        external.clear();
+        for (const i of grown) external.add(i);
+        if (separate) {
+          extra = p;
+          maxInputs--;
+        }
+        if (producer) {
+          hasProducer = true;
+          if (SCRATCH_LEADS.has(n.op)) maxInputs--;
+          if (n.op === 'matmul') foldViews(n);
+        } else for (const i of n.inputs) candidates.add(i);
       }
+      return { members, views, extra, external };
     };
-    // Candidates in decreasing id order: when one is decided, every reader it could have in the group is decided.
-    const candidates = new Set<number>(leadSink ? [] : sink.inputs);
-    let hasProducer = leadSink;
-    let maxInputs = opts.maxInputs;
-    if (leadSink) foldViews(sink);
-    while (candidates.size > 0) {
-      const p = Math.max(...candidates);
-      candidates.delete(p);
-      const n = nodes[p];
-      // A GEMM of the group's size (not broadcast inside it) may lead the group: the rest becomes its epilogue.
-      const producer = opts.epilogues && LEADS.has(n.op) && !hasProducer && sizeOf(n.shape) === size;
-      const fusible = n.dtype === 'f32' && (producer || n.op === 'unary' || n.op === 'binary' || (n.op === 'reshape' && sizeOf(n.shape) === size));
-      if (!fusible || taken[p] || isOutput[p] || !readers[p].every((r) => members.has(r))) continue;
-      // Below a reshape or the final transpose a step is read in its own shape's frame.
-      const frames = readers[p].map((r) => (nodes[r].op === 'reshape' || nodes[r].op === 'transpose' ? n.shape : frame.get(r)!));
-      if (!frames.every((f) => sameShape(f, frames[0]))) continue;
-      const grown = new Set(external);
-      grown.delete(p);
-      for (const i of n.inputs) if (!members.has(i)) grown.add(i);
-      if (grown.size > maxInputs - (producer && SCRATCH_LEADS.has(n.op) ? 1 : 0)) continue;
-      members.add(p);
-      frame.set(p, frames[0]);
-      external.clear();
-      for (const i of grown) external.add(i);
-      if (producer) {
-        hasProducer = true;
-        if (SCRATCH_LEADS.has(n.op)) maxInputs--;
-        if (n.op === 'matmul') foldViews(n);
-      } else for (const i of n.inputs) candidates.add(i);
-    }
+    let group = grow(opts.epilogues === true);
+    if (group.extra !== undefined && [...group.external].some((i) => i >= group.extra!)) group = grow(false);
+    const { members, views, extra } = group;
     const order = [...members].sort((a, b) => a - b);
     const work = order.filter((id) => computes(nodes[id]) || LEADS.has(nodes[id].op) || nodes[id].op === 'transpose').length + views.length;
     if (work < 2) continue;
     for (const id of order) taken[id] = 1;
-    for (const id of views) viewed[id] = 1;
-    out[sinkId] = fusedNode(nodes, [...order, ...views].sort((a, b) => a - b));
+    const fused = fusedNode(nodes, [...order, ...views].sort((a, b) => a - b), new Set(views), extra);
+    if (extra === undefined) out[sinkId] = fused;
+    else {
+      // The group runs where its separate output is made; the sink's value is stored by the same kernel.
+      out[extra] = fused;
+      out[sinkId] = { id: sinkId, op: 'fusedOutput', inputs: [extra], attrs: {}, shape: sink.shape.slice(), dtype: 'f32' };
+    }
   }
   return { nodes: out, outputs: g.outputs };
 }
 
-/** The fused node of a group (member ids ascending; the last is the sink), inputs in order of first use. */
-function fusedNode(nodes: readonly Node[], order: number[]): Node<'fused'> {
+/**
+ * The fused node of a group (member ids ascending; the last is the sink), inputs in order of first use; with `extra`
+ * (a member), the node is that member's (its id and value) and the sink's value its fusedOutput's.
+ */
+function fusedNode(nodes: readonly Node[], order: number[], views: ReadonlySet<number>, extra?: number): Node<'fused'> {
   const stepOf = new Map(order.map((id, j) => [id, j]));
   const inputs: number[] = [];
   const arg = (id: number): FusedArg => {
@@ -183,8 +220,15 @@ function fusedNode(nodes: readonly Node[], order: number[]): Node<'fused'> {
       return { op: n.op, attrs: n.attrs, args: [arg(n.inputs[0]), arg(n.inputs[1]), arg(n.inputs[2])], shape } as FusedStep;
     }
     if (n.op === 'transpose') return { op: 'transpose', attrs: n.attrs as Node<'transpose'>['attrs'], args: [arg(n.inputs[0])], shape };
+    // A reshape view: the transpose it reshapes, in the reshape's shape.
+    if (views.has(id)) {
+      let t = nodes[n.inputs[0]];
+      while (t.op === 'reshape') t = nodes[t.inputs[0]];
+      return { op: 'transpose', attrs: t.attrs as Node<'transpose'>['attrs'], args: [arg(t.inputs[0])], shape };
+    }
     return { op: 'reshape', args: [arg(n.inputs[0])], shape };
   });
+  if (extra !== undefined) return { id: extra, op: 'fused', inputs, attrs: { steps, output: stepOf.get(extra)! }, shape: nodes[extra].shape, dtype: 'f32' };
   const sink = nodes[order[order.length - 1]];
   return { id: sink.id, op: 'fused', inputs, attrs: { steps }, shape: sink.shape, dtype: 'f32' };
 }

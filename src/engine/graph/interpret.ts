@@ -29,6 +29,9 @@ export function interpret<T>(o: Ops<T>, g: Graph, inputs: Record<string, T>): Re
 }
 
 class Kinds<T> {
+  /** The last step's value of each fused node with a separate output: its fusedOutput node's value. */
+  private readonly fusedLast = new Map<number, T>();
+
   constructor(private readonly o: Ops<T>) {}
 
   private scalar(v: number): T {
@@ -143,9 +146,19 @@ class Kinds<T> {
         const arg = (a: FusedArg) => ('input' in a ? x[a.input] : vals[a.step]);
         for (const s of (n.attrs as Attrs['fused']).steps) {
           const step = { id: n.id, op: s.op, inputs: [], attrs: 'attrs' in s ? s.attrs : {}, shape: s.shape, dtype: 'f32' } as Node;
-          vals.push(this.run(step, s.args.map(arg), inputs));
+          const v = this.run(step, s.args.map(arg), inputs);
+          // A transposed view may stand for a reshape of the transpose (ir.ts FusedStep).
+          vals.push(s.op === 'transpose' && this.o.shape(v).join() !== s.shape.join() ? this.o.reshape(v, s.shape) : v);
         }
-        return vals[vals.length - 1];
+        const { output } = n.attrs as Attrs['fused'];
+        if (output === undefined) return vals[vals.length - 1];
+        this.fusedLast.set(n.id, vals[vals.length - 1]);
+        return vals[output];
+      }
+      case 'fusedOutput': {
+        const v = this.fusedLast.get(n.inputs[0]);
+        if (v === undefined) throw new Error(`fusedOutput of %${n.inputs[0]}, which is not a fused node with a separate output`);
+        return v;
       }
     }
   }

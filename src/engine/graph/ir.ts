@@ -67,7 +67,8 @@ export type FusedArg = { input: number } | { step: number };
  * One node of a fused group, as it was in the graph: its kind, attrs, operands and its own shape. A group has at most
  * one lead (a matmul, conv2d, conv2dGradInput or NormKind), whose operands are inputs of the fused node (the rest of the group
  * is its epilogue) or, for a matmul, transposes of inputs. A transpose is either such an operand (a view: the matmul
- * reads the input at permuted indices) or the group's last step (the group's value stored at permuted indices).
+ * reads the input at permuted indices; its shape may be a reshape of the permuted shape, as the matmul's loads index
+ * it flat) or the group's last step (the group's value stored at permuted indices).
  */
 export type FusedStep =
   | { op: 'unary'; attrs: Attrs['unary']; args: [FusedArg]; shape: number[] }
@@ -148,9 +149,17 @@ export interface Attrs {
    * conv2d, conv2dGradInput or normalization that makes one of their operands; optionally transposed at the end) run as
    * one kernel. Made
    * by graph/fuse.ts for the planner only (tracing never makes one): `steps` are the group's nodes in their order,
-   * with the same semantics as the nodes themselves; the node's value is the last step's (shape node.shape).
+   * with the same semantics as the nodes themselves; the node's value is the last step's (shape node.shape), or
+   * with `output` that step's: then the last step's value is the value of the one `fusedOutput` node reading this one
+   * (a group whose inner value is also needed elsewhere, e.g. a norm's output that swish reads in the forward and
+   * swishGrad in the backward: one kernel stores both).
    */
-  fused: { steps: FusedStep[] };
+  fused: { steps: FusedStep[]; output?: number };
+  /**
+   * Input: a fused node with `output` set. The value of that node's last step, stored by its kernel (no work of its
+   * own). Made by graph/fuse.ts only.
+   */
+  fusedOutput: Record<string, never>;
 }
 
 export type OpName = keyof Attrs;

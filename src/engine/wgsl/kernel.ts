@@ -39,8 +39,11 @@ export interface KernelNode<K extends OpName = OpName> {
   output: TensorInfo;
 }
 
-/** What a binding refers to: an input of the node, its output, or a scratch buffer of this lowering. */
-export type Binding = { input: number } | { output: true } | { scratch: number };
+/**
+ * What a binding refers to: an input of the node, its output, a scratch buffer of this lowering, or (a fused node
+ * with a separate output, ir.ts) the value of the fusedOutput node that reads it.
+ */
+export type Binding = { input: number } | { output: true } | { scratch: number } | { fusedOutput: true };
 
 export interface Dispatch {
   /** A complete WGSL module with entry point `main`. */
@@ -61,6 +64,11 @@ export interface Lowered {
    * `dispatches` is empty and the planner shares the buffer.
    */
   alias?: number;
+  /**
+   * With `alias`: the output is the input's bytes from this offset on (a view of a contiguous part, e.g. a slice
+   * along the first axis), a multiple of limits.minOffsetAlignment (bindings start at such offsets only).
+   */
+  aliasOffset?: number;
 }
 
 export interface KernelLimits {
@@ -69,6 +77,8 @@ export interface KernelLimits {
   maxWorkgroupStorageSize: number;
   /** shader-f16 is enabled on the device. */
   f16: boolean;
+  /** Byte alignment of binding offsets (minStorageBufferOffsetAlignment): where a view (Lowered.aliasOffset) may start. */
+  minOffsetAlignment: number;
 }
 
 export const DEFAULT_LIMITS: KernelLimits = {
@@ -76,6 +86,7 @@ export const DEFAULT_LIMITS: KernelLimits = {
   maxInvocationsPerWorkgroup: 256,
   maxWorkgroupStorageSize: 16384,
   f16: false,
+  minOffsetAlignment: 256,
 };
 
 export type Lowering<K extends OpName = OpName> = (node: KernelNode<K>, limits: KernelLimits) => Lowered;
@@ -94,6 +105,10 @@ export const byteSize = (t: TensorInfo): number => {
  * the limit. In WGSL recover the flat index as `gid.x + gid.y * (nwg.x * size)` with
  * `@builtin(num_workgroups) nwg: vec3<u32>`, and return when it is >= count.
  */
+function unsupported(what: string): never {
+  throw new Error(`runLowered: ${what}`);
+}
+
 export function grid1d(count: number, size: number, limits: KernelLimits = DEFAULT_LIMITS): [number, number, number] {
   const groups = Math.max(1, Math.ceil(count / size));
   const x = Math.min(groups, limits.maxWorkgroupsPerDimension);
@@ -149,7 +164,8 @@ export async function runLowered(device: GPUDevice, lowered: Lowered, inputs: Ho
     });
     const outBytes = byteSize(output);
     if (lowered.alias !== undefined) {
-      const src = inputs[lowered.alias].data;
+      const off = (lowered.aliasOffset ?? 0) / 4;
+      const src = inputs[lowered.alias].data.subarray(off, off + outBytes / 4);
       return output.dtype === 'i32' ? new Int32Array(src) : new Float32Array(src);
     }
     const outBuf = buffer(outBytes);
@@ -166,7 +182,7 @@ export async function runLowered(device: GPUDevice, lowered: Lowered, inputs: Ho
       const pipeline = device.createComputePipeline({ layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }), compute: { module, entryPoint: 'main' } });
       const entries = d.bindings.map((b, i) => ({
         binding: i,
-        resource: { buffer: 'input' in b ? inBufs[b.input] : 'output' in b ? outBuf : scratch[b.scratch] },
+        resource: { buffer: 'input' in b ? inBufs[b.input] : 'output' in b ? outBuf : 'scratch' in b ? scratch[b.scratch] : unsupported('a fusedOutput binding (plan the graph instead)') },
       }));
       const bindGroup = device.createBindGroup({ layout, entries });
       const pass = enc.beginComputePass();

@@ -12,8 +12,9 @@
 // input) and read-write (its output or scratch), even at disjoint ranges. So values are coloured: a node's output and
 // scratch get a colour (arena group) that none of its inputs has, and each group has its own arenas. A chain of nodes
 // alternates between two groups; a node reading both takes a third.
-// Reshape-like lowerings (`alias`) make no dispatch: the output is the same bytes as the input, so the input's
-// lifetime is extended over the output's readers. Nodes no output depends on are dropped.
+// Reshape-like lowerings (`alias`) make no dispatch: the output is the same bytes as the input (or, a view, a
+// contiguous part of them at an aligned offset: a slice along the first axis), so the input's lifetime is extended
+// over the output's readers. Nodes no output depends on are dropped.
 // With `f16Weights`, large f32 constants that every reader can read as packed halves (the kernel modules' HalfInputs:
 // conv and matmul weights) are stored that way: half the constant bytes; the executor packs them at upload.
 import { describeNode, sizeOf, type DType, type Graph, type Node } from '../graph/ir.ts';
@@ -206,15 +207,23 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
   const needed = new Uint8Array(nodes.length);
   for (const id of outputIds) needed[id] = 1;
   for (let i = nodes.length - 1; i >= 0; i--) if (needed[i]) for (const j of nodes[i].inputs) needed[j] = 1;
+  // A fused node with a separate output stores its fusedOutput node's value too: that value needs a place.
+  const fusedOutputOf = new Map<number, number>();
+  for (const n of nodes) {
+    if (n.op !== 'fusedOutput' || !needed[n.inputs[0]]) continue;
+    needed[n.id] = 1;
+    fusedOutputOf.set(n.inputs[0], n.id);
+  }
 
   const half = opts.f16Weights ? halfConstants(g, needed, outputIds, opts.f16Weights) : new Set<number>();
   const stored = (i: number): TensorInfo => (half.has(i) ? { ...tensorOf(nodes[i]), storage: 'f16' } : tensorOf(nodes[i]));
 
-  // Lower, and resolve aliases to the node whose bytes they are.
+  // Lower, and resolve aliases to the node whose bytes they are (at a byte offset into them, for views).
   const root = nodes.map((n) => n.id);
+  const viewOffset = new Float64Array(nodes.length);
   const steps: Step[] = [];
   for (const n of nodes) {
-    if (!needed[n.id] || n.op === 'const' || n.op === 'input') continue;
+    if (!needed[n.id] || n.op === 'const' || n.op === 'input' || n.op === 'fusedOutput') continue;
     const lower = lowerings[n.op] as ((k: KernelNode, l: KernelLimits) => Lowered) | undefined;
     if (!lower) throw new Error(`no WGSL lowering for ${n.op}: ${describeNode(g, n)}`);
     const k: KernelNode = { op: n.op, attrs: n.attrs, inputs: n.inputs.map(stored), output: tensorOf(n) };
@@ -225,8 +234,12 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
       throw new Error(`lowering ${describeNode(g, n)}: ${(e as Error).message}`);
     }
     if (lowered.alias !== undefined) {
-      if (byteSize(k.inputs[lowered.alias]) !== byteSize(k.output)) throw new Error(`alias of a different size: ${describeNode(g, n)}`);
+      const off = lowered.aliasOffset ?? 0;
+      const inBytes = byteSize(k.inputs[lowered.alias]);
+      const within = lowered.aliasOffset === undefined ? inBytes === byteSize(k.output) : off % opts.alignment === 0 && off + byteSize(k.output) <= inBytes;
+      if (!within || k.inputs[lowered.alias].storage) throw new Error(`alias of a different size or a misaligned view: ${describeNode(g, n)}`);
       root[n.id] = root[n.inputs[lowered.alias]];
+      viewOffset[n.id] = viewOffset[n.inputs[lowered.alias]] + off;
       continue;
     }
     steps.push({ node: n, lowered, group: 0, scratchBlocks: [] });
@@ -239,6 +252,8 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
     const taken = new Set(s.node.inputs.map((i) => group.get(root[i])));
     while (taken.has(s.group)) s.group++;
     group.set(s.node.id, s.group);
+    const second = fusedOutputOf.get(s.node.id);
+    if (second !== undefined) group.set(second, s.group);
   }
 
   // Lifetimes of root values (time = node id; the run ends at `end`).
@@ -257,6 +272,7 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
       touch(n.id, end);
     }
     if (!needed[n.id]) continue;
+    if (n.op === 'fusedOutput') touch(n.id, n.inputs[0]); // written by the fused node it reads
     if (root[n.id] === n.id) touch(n.id, n.id);
     for (const i of n.inputs) touch(i, n.id);
   }
@@ -311,7 +327,10 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
 
   const slotOf = (v: number): Slot => {
     const r = root[v];
-    return constSlot.get(r) ?? blockSlot(blockOf.get(r)!);
+    const s = constSlot.get(r) ?? blockSlot(blockOf.get(r)!);
+    // A view's own range (an alias of the same size, e.g. of a constant stored as f16, keeps the root's).
+    const size = byteSize(tensorOf(nodes[v]));
+    return viewOffset[v] === 0 && (r === v || size === byteSize(tensorOf(nodes[r]))) ? s : { buffer: s.buffer, offset: s.offset + viewOffset[v], size };
   };
   const tensor = (id: number): PlannedTensor => ({ node: id, shape: nodes[id].shape, dtype: nodes[id].dtype, slot: slotOf(id) });
 
@@ -319,7 +338,7 @@ export function planGraph(g: Graph, lowerings: Lowerings, limits: KernelLimits, 
   for (const s of steps) {
     for (const d of s.lowered.dispatches) {
       const slots = d.bindings.map((b) =>
-        'input' in b ? slotOf(s.node.inputs[b.input]) : 'output' in b ? slotOf(s.node.id) : blockSlot(s.scratchBlocks[b.scratch]),
+        'input' in b ? slotOf(s.node.inputs[b.input]) : 'output' in b ? slotOf(s.node.id) : 'scratch' in b ? blockSlot(s.scratchBlocks[b.scratch]) : slotOf(fusedOutputOf.get(s.node.id)!),
       );
       const writable = d.bindings.map((b) => !('input' in b));
       dispatches.push({ code: conformedCode(d), slots, writable, workgroups: d.workgroups, node: s.node.id, label: d.label ?? `${s.node.op} %${s.node.id}` });

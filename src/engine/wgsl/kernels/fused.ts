@@ -9,7 +9,7 @@
 // element at its permuted place.
 import type { Attrs, FusedStep, NormKind } from '../../graph/ir.ts';
 import { fusedFrames } from '../../graph/fuse.ts';
-import type { HalfInputs, KernelLimits, KernelNode, Lowered, Lowerings, TensorInfo } from '../kernel.ts';
+import type { Dispatch, HalfInputs, KernelLimits, KernelNode, Lowered, Lowerings, TensorInfo } from '../kernel.ts';
 import { broadcastIndex, broadcastStrides, binaryExpr, ELEMENTWISE_HELPERS, unaryExpr } from './elementwise.ts';
 import { buffer, inputBuffer, kernel1d, prod, stridedOffsets, strides } from './common.ts';
 import { mergeDims } from './layout.ts';
@@ -86,11 +86,16 @@ function viewIndexFn(name: string, view: Extract<FusedStep, { op: 'transpose' }>
   return `fn ${name}(t: u32) -> u32 {\n${body ?? '  let o = t;'}\n  return o;\n}`;
 }
 
-/** WGSL for the final write of `s<last>`: to fOut[i], or at the permuted place when the last step is a transpose. */
-function finalStore(steps: FusedStep[]): string {
+/**
+ * WGSL for the final writes: `s<last>` to fOut[i], or at the permuted place when the last step is a transpose; with a
+ * separate `output` step, that step to fOut[i] and `s<last>` to fOut2 (the fusedOutput node's buffer) instead.
+ */
+function finalStore(steps: FusedStep[], output: number | undefined): string {
   const j = steps.length - 1;
   const last = steps[j];
-  if (last.op !== 'transpose') return `  fOut[i] = s${j};`;
+  const primary = output === undefined ? '' : `  fOut[i] = s${output};\n`;
+  const dst = output === undefined ? 'fOut' : 'fOut2';
+  if (last.op !== 'transpose') return `${primary}  ${dst}[i] = s${j};`;
   const a = last.args[0];
   if (!('step' in a)) throw new Error('fused: a final transpose of an input');
   // The group runs over the transpose's input (flat index i); its element at coordinates c goes to output
@@ -100,8 +105,8 @@ function finalStore(steps: FusedStep[]): string {
   const st = new Array<number>(inShape.length);
   last.attrs.perm.forEach((p, k) => (st[p] = outStrides[k]));
   const m = mergeDims(inShape, st);
-  if (m.shape.length <= 1 && (m.stride[0] ?? 1) === 1) return `  fOut[i] = s${j};`;
-  return `${stridedOffsets('i', m.shape, [{ name: 'oOut', strides: m.stride }], 't')}\n  fOut[oOut] = s${j};`;
+  if (m.shape.length <= 1 && (m.stride[0] ?? 1) === 1) return `${primary}  ${dst}[i] = s${j};`;
+  return `${primary}${stridedOffsets('i', m.shape, [{ name: 'oOut', strides: m.stride }], 't')}\n  ${dst}[oOut] = s${j};`;
 }
 
 function lowerFused(node: KernelNode<'fused'>, limits: KernelLimits): Lowered {
@@ -111,9 +116,11 @@ function lowerFused(node: KernelNode<'fused'>, limits: KernelLimits): Lowered {
   const last = steps[steps.length - 1];
   if (!last || prod(last.shape) !== prod(out)) throw new Error(`fused: the last step's shape [${last?.shape}] is not the output's [${out}]`);
   const fns = steps.flatMap((s) => (s.op === 'unary' || s.op === 'binary' ? [s.attrs.fn] : []));
-  const decls = [...node.inputs.map((t, k) => inputBuffer(k, `fIn${k}`, t)), buffer(node.inputs.length, 'fOut', 'f32', true), ELEMENTWISE_HELPERS].join('\n');
-  const bindings = [...node.inputs.map((_, i) => ({ input: i })), { output: true as const }];
-  const store = `${groupStatements(steps, node.inputs, out)}\n${finalStore(steps)}`;
+  const { output } = node.attrs as Attrs['fused'];
+  const second = output === undefined ? [] : [buffer(node.inputs.length + 1, 'fOut2', 'f32', true)];
+  const decls = [...node.inputs.map((t, k) => inputBuffer(k, `fIn${k}`, t)), buffer(node.inputs.length, 'fOut', 'f32', true), ...second, ELEMENTWISE_HELPERS].join('\n');
+  const bindings: Dispatch['bindings'] = [...node.inputs.map((_, i) => ({ input: i })), { output: true as const }, ...(output === undefined ? [] : [{ fusedOutput: true as const }])];
+  const store = `${groupStatements(steps, node.inputs, output === undefined ? out : last.shape)}\n${finalStore(steps, output)}`;
 
   const leads = steps.filter(isLead);
   if (leads.length > 1) throw new Error('fused: more than one lead step');

@@ -1,4 +1,5 @@
-// Layout kernels: reshape (an alias), transpose, slice, upsample2x (strided copies), pad, concat. Any dtype.
+// Layout kernels: reshape (an alias), transpose, slice, upsample2x (strided copies), pad, concat. Any dtype. A
+// contiguous slice at an aligned offset is a view (an alias at that offset), no copy.
 //
 // transpose, slice and upsample2x are the same kernel: out[i] = in[base + sum_k c_k * stride_k] over a view of the
 // output (upsample2x views [B, 2H, 2W, C] as [B, H, 2, W, 2, C] with stride 0 on the repeat axes). Output dimensions
@@ -51,6 +52,10 @@ function lowerSlice(node: KernelNode<'slice'>, limits: KernelLimits): Lowered {
   const shape = node.inputs[0].shape;
   const s = strides(shape);
   const base = begin.reduce((acc, b, k) => acc + b * s[k], 0);
+  // A contiguous part (e.g. along the first axis) at an aligned offset is a view: no copy.
+  const m = mergeDims(node.output.shape, s);
+  const contiguous = m.shape.length === 0 || (m.shape.length === 1 && m.stride[0] === 1);
+  if (contiguous && (base * 4) % limits.minOffsetAlignment === 0 && !node.inputs[0].storage) return { dispatches: [], alias: 0, aliasOffset: base * 4 };
   const label = `slice [${shape}] begin [${begin}] size [${node.output.shape}]`;
   return { dispatches: [stridedCopy(node.output.shape, s, base, node.output.dtype, label, limits)] };
 }
