@@ -6,13 +6,11 @@
 // take hours at these sizes), so only host figures are printed.
 //
 // Figures are medians over the replayed steps after the first WARMUP_REPLAYS of them: a run makes hundreds of steps,
-// and the first few run the step-data code before V8 has optimized it (2-3 ms instead of ~0.4 ms). Next to the wall
-// time: the JavaScript thread's CPU time over the whole step (Linux schedstat; it includes the loss readback), which
-// a shared machine's other jobs do not inflate the way they inflate wall time (encoding runs on this thread).
+// and the first few run the step-data code before V8 has optimized it (2-3 ms instead of ~0.6 ms). Host figures are
+// wall time: on a shared machine other jobs inflate them (2x at a load of 5 on 2 cores), so compare quiet runs.
 //
 //   node --import tsx src/bench/compiled.ts [--size 256] [--cutn 32] [--cut-method latest] [--steps 30] [--backend webgpu]
 //   (or: npm run bench -- --only compiled)
-import * as fs from 'node:fs';
 import { CompiledEngine } from '../engine/compiled.ts';
 import { createWebGPUDevice, currentWebGPU, type WebGPUSetup } from '../engine/webgpu.ts';
 import { clipWeights } from '../models/clip-load.ts';
@@ -29,15 +27,6 @@ const ANCHOR_MS: Record<number, number> = { 256: 75.7, 512: 193 };
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const WARMUP_REPLAYS = 8;
-
-/** CPU time of this (the JavaScript) thread in ms, from Linux's schedstat; undefined elsewhere. */
-function threadCpuMs(): number | undefined {
-  try {
-    return Number(fs.readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
-  } catch {
-    return undefined;
-  }
-}
 
 export interface CompiledBenchOptions {
   quick?: boolean;
@@ -77,17 +66,15 @@ async function benchCompiledStep(log: (line: string) => void, setup: WebGPUSetup
     log(`compiled engine on ${setup.info.device || setup.info.description} (${hardware ? 'hardware: runs submitted' : 'software: encoded, not submitted'}); random weights in ${((performance.now() - tModels) / 1000).toFixed(1)} s`);
     const settings = { ...DEFAULT_SETTINGS, prompts: 'a watercolor lighthouse at dawn', width: size, height: size, cutn, cutMethod: method, seed: 1, iterations: steps };
     gen = (await Generation.create(engine.executor, { name: 'f16_16384', config: F16_16384, weights: vw }, [{ name: 'ViT-B/32', config: VIT_B_32, weights: cw, tokenizer: new ByteTokenizer(77), weight: 1 }], settings)) as Generation<unknown>;
-    const rows: { wall: number; cpu?: number; host: number; replay: number; encode: number; compiles: number }[] = [];
+    const rows: { wall: number; host: number; replay: number; encode: number; compiles: number }[] = [];
     for (let i = 0; i < steps; i++) {
       const before = engine.stats.compiles;
       const t = performance.now();
-      const c0 = threadCpuMs();
       await gen.step();
       const wall = performance.now() - t;
-      const c1 = threadCpuMs();
       const s = engine.stats;
-      rows.push({ wall, cpu: c0 === undefined || c1 === undefined ? undefined : c1 - c0, host: s.lastStepReplayMs + s.lastStepEncodeMs, replay: s.lastStepReplayMs, encode: s.lastStepEncodeMs, compiles: s.compiles - before });
-      log(`  step ${i + 1}: ${rows[i].compiles ? `planned + compiled (${(wall / 1000).toFixed(1)} s)` : 'replayed'}; host ${rows[i].host.toFixed(2)} ms (step data ${rows[i].replay.toFixed(2)}, upload + encode ${rows[i].encode.toFixed(2)}${rows[i].cpu === undefined ? '' : `; thread CPU over the step ${rows[i].cpu!.toFixed(2)}`})${hardware ? `; wall ${wall.toFixed(1)} ms` : ''}`);
+      rows.push({ wall, host: s.lastStepReplayMs + s.lastStepEncodeMs, replay: s.lastStepReplayMs, encode: s.lastStepEncodeMs, compiles: s.compiles - before });
+      log(`  step ${i + 1}: ${rows[i].compiles ? `planned + compiled (${(wall / 1000).toFixed(1)} s)` : 'replayed'}; host ${rows[i].host.toFixed(2)} ms (step data ${rows[i].replay.toFixed(2)}, upload + encode ${rows[i].encode.toFixed(2)})${hardware ? `; wall ${wall.toFixed(1)} ms` : ''}`);
     }
     const s = engine.stats;
     log(`  plan: ${engine.builder.graph.nodes.length} graph nodes traced in all; step plan ${s.dispatches} dispatches (${s.pipelineSwitches} pipeline switches), arena ${mib(s.arenaBytes)}, constants ${mib(s.constBytes)}`);
@@ -99,9 +86,8 @@ async function benchCompiledStep(log: (line: string) => void, setup: WebGPUSetup
     }
     const host = median(replayed.map((r) => r.host));
     const data = median(replayed.map((r) => r.replay));
-    const cpu = replayed.every((r) => r.cpu !== undefined) ? median(replayed.map((r) => r.cpu!)) : undefined;
     const warm = replayed.length < all.length ? ` after ${all.length - replayed.length} warm-up replays` : '';
-    const line = `iteration ${size}x${size}/${cutn} (${method}), compiled: host ${host.toFixed(2)} ms per step (step data ${data.toFixed(2)}; median of ${replayed.length} replays${warm}; goal <= 5 ms)${cpu === undefined ? '' : `; JavaScript thread CPU ${cpu.toFixed(2)} ms per step (with the readback)`}`;
+    const line = `iteration ${size}x${size}/${cutn} (${method}), compiled: host ${host.toFixed(2)} ms per step (step data ${data.toFixed(2)}; median of ${replayed.length} replays${warm}; goal <= 5 ms)`;
     if (hardware) {
       const wall = median(replayed.map((r) => r.wall));
       const a = ANCHOR_MS[size];
