@@ -12,7 +12,7 @@
 import { CompiledEngine, HALF_MIN_ELEMENTS } from '../engine/compiled.ts';
 import { fuseElementwise } from '../engine/graph/fuse.ts';
 import type { Graph } from '../engine/graph/ir.ts';
-import { createWebGPUDevice, currentWebGPU } from '../engine/webgpu.ts';
+import { createWebGPUDevice, currentWebGPU, destroyWebGPU } from '../engine/webgpu.ts';
 import type { CompiledGraph } from '../engine/wgsl/executor.ts';
 import { DEFAULT_LIMITS } from '../engine/wgsl/kernel.ts';
 import { halfInputs, lowerings } from '../engine/wgsl/lowerings.ts';
@@ -107,7 +107,7 @@ export async function benchCompiledPlan(log: (line: string) => void, opts: { siz
   } finally {
     gen?.dispose();
     engine.destroy();
-    own?.device.destroy();
+    if (own) destroyWebGPU(); // also forgets it as the current device, which a later section would otherwise reuse
   }
 }
 

@@ -33,10 +33,10 @@
 //   whole-cache concat at position 255, batch 25: 4.6-5.9 s per step (why the cache is chunked on wasm/cpu).
 //   cpu backend (plain JS, 2 of 48 blocks scaled): batch 1 38 s/step (53x PyTorch), batch 25 194 s/step.
 import * as tf from '@tensorflow/tfjs';
-import { CompiledEngine } from '../engine/compiled.ts';
+import { CompiledEngine, type Precision } from '../engine/compiled.ts';
 import type { Ops } from '../engine/ops.ts';
 import { tfOps } from '../engine/tfjs-ops.ts';
-import { createWebGPUDevice, currentWebGPU } from '../engine/webgpu.ts';
+import { createWebGPUDevice, currentWebGPU, destroyWebGPU } from '../engine/webgpu.ts';
 import type { TransformerConfig } from '../formats/taming-config.ts';
 import { KV_CHUNK, gptParameterCount, gptStep, kvTensors, makePermuter, type GptBlock, type GptConfig, type GptWeights, type KvCache, type Prior } from '../models/gpt.ts';
 import { defaultKvChunk, sampleCodes } from '../pipelines/sample.ts';
@@ -270,6 +270,8 @@ export interface GptCompiledBenchOptions {
   /** Tokens sampled (the first compiles; the median is over the others). */
   tokens?: number;
   batch?: number;
+  /** The compiled engine's weight storage (default f32). */
+  precision?: Precision;
 }
 
 /** Random weights of `cfg` as constants of `o`, every block sharing one block's (as randomWeights). */
@@ -303,7 +305,7 @@ export async function benchGptCompiled(log: (line: string) => void, opts: GptCom
   const cfg: GptConfig = { ...CIN, nEmbd: opts.width ?? (hardware ? CIN.nEmbd : 192) };
   const tokens = Math.max(2, opts.tokens ?? 16);
   const batch = opts.batch ?? 1;
-  const engine = new CompiledEngine(setup.device, { submit: hardware });
+  const engine = new CompiledEngine(setup.device, { submit: hardware, precision: opts.precision });
   try {
     const prior = benchPrior(cfg, randomConstWeights(engine.ops, cfg), tokens);
     const rows: Array<{ at: number; host: number; encode: number }> = [];
@@ -324,7 +326,7 @@ export async function benchGptCompiled(log: (line: string) => void, opts: GptCom
     const encode = med(later.map((r) => r.encode));
     const range = `${Math.min(...later.map((r) => r.host)).toFixed(2)}-${Math.max(...later.map((r) => r.host)).toFixed(2)}`;
     log(
-      `compiled GPT step on ${setup.info.device || setup.info.description} (${hardware ? 'hardware: submitted' : 'software: encoded, not submitted'}): ` +
+      `compiled GPT step on ${setup.info.device || setup.info.description} (${hardware ? 'hardware: submitted' : 'software: encoded, not submitted'}; weights ${opts.precision ?? 'f32'}): ` +
         `${cfg.nLayer} blocks x ${cfg.nEmbd} wide${cfg.nEmbd !== CIN.nEmbd ? ` (cin: ${CIN.nEmbd}; host time does not depend on the width)` : ''}, ${cfg.nHead} heads, vocab ${cfg.vocabSize}, block ${cfg.blockSize}, batch ${batch}; ` +
         `first token (trace + plan + compile) ${((rows[0].at - t0) / 1000).toFixed(1)} s`,
     );
@@ -338,13 +340,13 @@ export async function benchGptCompiled(log: (line: string) => void, opts: GptCom
     }
   } finally {
     engine.destroy();
-    own?.device.destroy();
+    if (own) destroyWebGPU(); // also forgets it as the current device, which a later section would otherwise reuse
   }
 }
 
 await runStandalone('gpt', (log, a) => {
   const num = (f: string) => (a.arg(f) ? Number(a.arg(f)) : undefined);
-  const compiled = { width: num('--width'), tokens: num('--tokens'), batch: num('--batch') };
+  const compiled = { width: num('--width'), tokens: num('--tokens'), batch: num('--batch'), precision: a.arg('--precision') as Precision | undefined };
   if (a.arg('--engine') === 'compiled') return benchGptCompiled(log, compiled);
   return benchGpt(log, { quick: a.has('--quick'), layers: num('--layers') });
 });
