@@ -99,7 +99,7 @@ export async function benchCompiledPlan(log: (line: string) => void, opts: { siz
     log(`generate step ${opts.size}x${opts.size}/${opts.cutn} (${opts.cutMethod}): ${liveNodes(g)} live nodes (${g.nodes.length} in the step's graph)`);
     log(`  dispatches: ${plain.dispatches.length} unfused -> ${fused.dispatches.length} fused (${liveNodes(f)} live nodes after fusion)`);
     log(`  time: plan unfused ${(t1 - t0).toFixed(0)} ms; fuse ${(t2 - t1).toFixed(0)} ms + plan ${(t3 - t2).toFixed(0)} ms`);
-    log(`  arena ${mib(fused.memory.arenaBytes)} fused vs ${mib(plain.memory.arenaBytes)} unfused`);
+    log(`  arena ${mib(fused.memory.arenaBytes)} fused vs ${mib(plain.memory.arenaBytes)} unfused; at most ${mib(fused.memory.peakLiveBytes)} live at once (arenas: ${fused.buffers.filter((b) => b.kind === "arena").map((b) => mib(b.size)).join(" + ")})`);
     log(`  remaining dispatches by kind: ${histogram(f, fused, 24)}`);
     const half = planGraph(f, lowerings, DEFAULT_LIMITS, { ...planOptions(device), f16Weights: { inputs: halfInputs, minElements: HALF_MIN_ELEMENTS } });
     const halves = half.consts.filter((c) => c.storage === 'f16').length;
