@@ -456,6 +456,17 @@ describe('elementwise fusion on the software adapter', () => {
           return { act: b.quickGelu(h), shared: h, grad: b.binary('quickGeluGrad', h, dy) };
         },
       },
+      {
+        name: 'linear + bias + QuickGELU stored transposed',
+        groups: 0,
+        x: [2, 5, 24],
+        dispatches: 3, // the harness's scale after the transpose is a pass of its own
+        build: (b: GraphBuilder, xs: Sym, dy: Sym) => {
+          const h = b.add(b.matmul(b.reshape(xs, [10, 24]), b.constant(data([24, 24]), [24, 24])), b.constant(data([24]), [24]));
+          const act = b.reshape(b.transpose(b.reshape(b.quickGelu(h), [2, 5, 3, 8]), [0, 2, 1, 3]), [2, 5, 24]);
+          return { act, shared: h, grad: b.binary('quickGeluGrad', b.reshape(h, [2, 5, 24]), dy) };
+        },
+      },
     ];
     for (const c of cases) {
       const b = new GraphBuilder();
