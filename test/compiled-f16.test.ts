@@ -148,7 +148,7 @@ describe("compiled engine precision 'f16' vs float32 and the references (softwar
   });
 });
 
-describe('--precision on the command line', () => {
+describe('--precision and --recompute on the command line', () => {
   const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
   const run = (...a: string[]) => spawnSync(process.execPath, [path.join(root, 'src/bin.mjs'), ...a], { encoding: 'utf8' });
 
@@ -162,5 +162,11 @@ describe('--precision on the command line', () => {
     const cpu = { backend: 'cpu' } as Pick<BackendReport, 'backend'> as BackendReport; // all chooseEngine reads
     assert.throws(() => chooseEngine('auto', cpu, 'f16'), (e: Error) => e instanceof UserError && /this run uses the tfjs engine on cpu/.test(e.message));
     assert.equal(chooseEngine('auto', cpu).name, 'tfjs');
+  });
+
+  test('--recompute with the tfjs engine is a clear error too', () => {
+    const g = run('generate', 'a red apple', '--backend', 'cpu', '--engine', 'tfjs', '--recompute');
+    assert.equal(g.status, 2, g.stderr);
+    assert.match(g.stderr, /--recompute applies only to the compiled engine \(the tfjs engine always recomputes the decoder blocks\)\n  fix: drop --recompute/);
   });
 });

@@ -18,9 +18,10 @@ describe('compiled engine: generate pipeline vs generate.py (software WebGPU)', 
   let unavailable: string | undefined;
   before(() => void (unavailable = missingFixtures(E2E_FIXTURES) ?? gpu.unavailable));
 
-  test(`${STEPS} replayed steps reproduce the reference losses, gradients, latents and images`, async (t) => {
+  // Also with the decoder's blocks recomputed in the backward (CompiledEngine's recompute): the same tolerances.
+  for (const recompute of [false, true]) test(`${STEPS} replayed steps reproduce the reference losses, gradients, latents and images${recompute ? ', decoder blocks recomputed' : ''}`, async (t) => {
     if (unavailable) return t.skip(unavailable);
-    const engine = new CompiledEngine(gpu.device!);
+    const engine = new CompiledEngine(gpu.device!, { recompute });
     const o = engine.ops;
     const { gen, r, n, c, h, w } = await e2eGeneration(engine.executor, (data, shape) => o.constant(data, shape), STEPS);
     try {
@@ -38,7 +39,8 @@ describe('compiled engine: generate pipeline vs generate.py (software WebGPU)', 
         assertClose(nhwcToNchw(await o.read(gen.latent()), [n, h, w, c]), r(`step${s}.z_after`), 5e-4, `step${s}.z_after`);
       }
       // Step 1 has no optimiser buffers yet (a plan of its own); from step 2 on the step is one plan, replayed.
-      t.diagnostic(`plans compiled ${engine.stats.compiles}; step dispatches ${engine.stats.dispatches}; host ms per step ${hostMs.map((x) => x.toFixed(1)).join(', ')}`);
+      t.diagnostic(`plans compiled ${engine.stats.compiles}; step dispatches ${engine.stats.dispatches}; arena ${engine.stats.arenaBytes} bytes; host ms per step ${hostMs.map((x) => x.toFixed(1)).join(', ')}`);
+      assert.equal(engine.builder.recomputable.size > 0, recompute, 'checkpoint regions only when recomputing');
       assert.ok(engine.stats.compiles <= 2 + 3, `compiled ${engine.stats.compiles} plans`);
     } finally {
       gen.dispose();

@@ -68,10 +68,10 @@ function histogram(g: Graph, plan: Plan, top: number): string {
   return [...h].sort((a, b) => b[1] - a[1]).slice(0, top).map(([k, v]) => `${k} ${v}`).join(', ');
 }
 
-export async function benchCompiledPlan(log: (line: string) => void, opts: { size: number; cutn: number; cutMethod: CutMethod }): Promise<void> {
+export async function benchCompiledPlan(log: (line: string) => void, opts: { size: number; cutn: number; cutMethod: CutMethod; recompute?: boolean }): Promise<void> {
   const own = currentWebGPU() ? undefined : await createWebGPUDevice('allow');
   const device = (currentWebGPU() ?? own!).device;
-  const engine = new CompiledEngine(device, { submit: false });
+  const engine = new CompiledEngine(device, { submit: false, recompute: opts.recompute });
   const graphs: Graph[] = [];
   engine.compileGraph = async (graph) => {
     graphs.push(graph);
@@ -121,4 +121,5 @@ await runStandalone('compiled-plan', (log, a) =>
     size: Number(a.arg('--size') ?? 256),
     cutn: Number(a.arg('--cutn') ?? 32),
     cutMethod: (a.arg('--cut-method') ?? 'original') as CutMethod,
+    recompute: a.has('--recompute'),
   }), 'wasm');

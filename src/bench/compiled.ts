@@ -9,7 +9,7 @@
 // and the first few run the step-data code before V8 has optimized it (2-3 ms instead of ~0.6 ms). Host figures are
 // wall time: on a shared machine other jobs inflate them (2x at a load of 5 on 2 cores), so compare quiet runs.
 //
-//   node --import tsx src/bench/compiled.ts [--size 256] [--cutn 32] [--cut-method latest] [--steps 30] [--precision f16] [--backend webgpu]
+//   node --import tsx src/bench/compiled.ts [--size 256] [--cutn 32] [--cut-method latest] [--steps 30] [--precision f16] [--recompute] [--backend webgpu]
 //   (or: npm run bench -- --only compiled)
 import { CompiledEngine, type Precision } from '../engine/compiled.ts';
 import { createWebGPUDevice, currentWebGPU, destroyWebGPU, type WebGPUSetup } from '../engine/webgpu.ts';
@@ -36,6 +36,8 @@ export interface CompiledBenchOptions {
   steps?: number;
   /** The compiled engine's weight storage (default f32). */
   precision?: Precision;
+  /** Recompute the decoder's blocks in the backward (CompiledEngine's recompute). */
+  recompute?: boolean;
 }
 
 /** Each cut method given (default: 'latest', the app's default, and 'original', the fewest dispatches). */
@@ -58,14 +60,14 @@ async function benchCompiledStep(log: (line: string) => void, setup: WebGPUSetup
   const cutn = opts.cutn ?? (opts.quick ? 8 : 32);
   const method = opts.cutMethod ?? 'latest';
   const steps = opts.steps ?? (opts.quick ? 4 : 30);
-  const engine = new CompiledEngine(setup.device, { submit: hardware, precision: opts.precision });
+  const engine = new CompiledEngine(setup.device, { submit: hardware, precision: opts.precision, recompute: opts.recompute });
   const o = engine.ops;
   let gen: Generation<unknown> | undefined;
   try {
     const tModels = performance.now();
     const vw = vqganWeights(o, new SyntheticWeights(16384), F16_16384, { encoder: false });
     const cw = clipWeights(o, new SyntheticWeights(32), VIT_B_32);
-    log(`compiled engine on ${setup.info.device || setup.info.description} (${hardware ? 'hardware: runs submitted' : 'software: encoded, not submitted'}; weights ${opts.precision ?? 'f32'}); random weights in ${((performance.now() - tModels) / 1000).toFixed(1)} s`);
+    log(`compiled engine on ${setup.info.device || setup.info.description} (${hardware ? 'hardware: runs submitted' : 'software: encoded, not submitted'}; weights ${opts.precision ?? 'f32'}${opts.recompute ? '; decoder blocks recomputed' : ''}); random weights in ${((performance.now() - tModels) / 1000).toFixed(1)} s`);
     const settings = { ...DEFAULT_SETTINGS, prompts: 'a watercolor lighthouse at dawn', width: size, height: size, cutn, cutMethod: method, seed: 1, iterations: steps };
     gen = (await Generation.create(engine.executor, { name: 'f16_16384', config: F16_16384, weights: vw }, [{ name: 'ViT-B/32', config: VIT_B_32, weights: cw, tokenizer: new ByteTokenizer(77), weight: 1 }], settings)) as Generation<unknown>;
     const rows: { wall: number; host: number; replay: number; encode: number; compiles: number }[] = [];
@@ -109,4 +111,5 @@ await runStandalone('compiled', (log, a) =>
     cutMethod: a.arg('--cut-method') as CutMethod | undefined,
     steps: a.arg('--steps') ? Number(a.arg('--steps')) : undefined,
     precision: a.arg('--precision') as Precision | undefined,
+    recompute: a.has('--recompute'),
   }), 'wasm');

@@ -4,8 +4,8 @@
 // external and resolves to the carried `.gpu/node_modules/webgpu`) and writes `.gpu/check-compiled.sh`, which runs
 // them on the GPU machine in order of importance, each under a timeout, and writes each one's output to $OUT:
 //   - the generate iteration at 256x256 / 32 cutouts, 'latest' and 'original' (goal <= 75 ms; PyTorch 75.7 ms), and
-//     with f16 weights; at 512x512 (goal <= 190 ms; PyTorch 193 ms); each prints its plan's memory (goal: half of
-//     PyTorch's peak, 3.2 / 7.4 GiB);
+//     with f16 weights, and with the decoder's blocks recomputed; at 512x512 (goal <= 190 ms; PyTorch 193 ms); each
+//     prints its plan's memory (goal: half of PyTorch's peak, 3.2 / 7.4 GiB);
 //   - the GPT prior's step at the cin shape, batch 1 (goal >= 150 tokens/s; PyTorch 44), f32 and f16.
 //
 //   bash ../shared/gpu/prepare-carry.sh      # once: node, dawn.node and the Vulkan/GL loaders into .gpu/
@@ -24,13 +24,16 @@ const GPU = path.join(ROOT, '.gpu');
 
 /** Each line: output file name, timeout in seconds, bundle, arguments. The most important first (device time is short). */
 const CHECKS: Array<[name: string, seconds: number, bundle: string, args: string]> = [
-  ['compiled-256-latest', 120, 'compiled', '--cut-method latest --steps 30'],
-  ['gpt-compiled-b1', 120, 'gpt', '--engine compiled --tokens 48'],
-  ['compiled-512-latest', 150, 'compiled', '--size 512 --cut-method latest --steps 20'],
-  ['compiled-256-original', 100, 'compiled', '--cut-method original --steps 30'],
-  ['compiled-256-latest-f16', 100, 'compiled', '--cut-method latest --steps 30 --precision f16'],
-  ['gpt-compiled-b1-f16', 100, 'gpt', '--engine compiled --tokens 48 --precision f16'],
+  ['compiled-256-latest', 90, 'compiled', '--cut-method latest --steps 30'],
+  ['gpt-compiled-b1', 90, 'gpt', '--engine compiled --tokens 48'],
+  ['compiled-512-latest', 110, 'compiled', '--size 512 --cut-method latest --steps 20'],
+  ['compiled-256-original', 70, 'compiled', '--cut-method original --steps 30'],
+  ['compiled-256-latest-f16', 70, 'compiled', '--cut-method latest --steps 30 --precision f16'],
+  ['gpt-compiled-b1-f16', 60, 'gpt', '--engine compiled --tokens 48 --precision f16'],
+  ['compiled-256-latest-recompute', 50, 'compiled', '--cut-method latest --steps 30 --recompute'],
 ];
+/** One `run` call may take 600 s; the checks must fit with the machine's setup. */
+const BUDGET_S = 560;
 
 function checkScript(): string {
   const lines = CHECKS.map(([name, seconds, bundle, args]) => `run ${name} ${seconds} .gpu/bench/${bundle}.mjs --backend webgpu ${args}`);
@@ -48,6 +51,8 @@ ${lines.join('\n')}
 }
 
 async function main(): Promise<void> {
+  const seconds = CHECKS.reduce((a, c) => a + c[1], 0);
+  if (seconds > BUDGET_S) throw new Error(`the checks' timeouts add up to ${seconds} s, over the ${BUDGET_S} s one device call allows`);
   if (!fs.existsSync(path.join(GPU, 'setup.sh')) || !fs.existsSync(path.join(GPU, 'node_modules/webgpu'))) {
     throw new Error('.gpu/ is not prepared: run `bash ../shared/gpu/prepare-carry.sh` from the project root first');
   }
@@ -70,11 +75,11 @@ async function main(): Promise<void> {
     });
   }
   fs.writeFileSync(path.join(GPU, 'check-compiled.sh'), checkScript());
-  process.stdout.write(`wrote .gpu/bench/compiled.mjs, .gpu/bench/gpt.mjs and .gpu/check-compiled.sh (${CHECKS.length} checks, at most ${CHECKS.reduce((a, c) => a + c[1], 0)} s)\n`);
+  process.stdout.write(`wrote .gpu/bench/compiled.mjs, .gpu/bench/gpt.mjs and .gpu/check-compiled.sh (${CHECKS.length} checks, at most ${seconds} s)\n`);
   // The run tool carries at most 64 MiB: say so before device time is spent on a carry that cannot travel.
   const bytes = (p: string): number => (fs.statSync(p).isDirectory() ? fs.readdirSync(p).reduce((a, f) => a + bytes(path.join(p, f)), 0) : fs.statSync(p).size);
-  const total = bytes(GPU);
-  process.stdout.write(`.gpu/ holds ${(total / 2 ** 20).toFixed(1)} MiB${total > 64 * 2 ** 20 ? ' - over the 64 MiB a carry may take: remove what this check does not need' : ''}\n`);
+  const carried = bytes(GPU);
+  process.stdout.write(`.gpu/ holds ${(carried / 2 ** 20).toFixed(1)} MiB${carried > 64 * 2 ** 20 ? ' - over the 64 MiB a carry may take: remove what this check does not need' : ''}\n`);
 
   if (process.argv.includes('--smoke')) {
     // dawn.node travels compressed (setup.sh unpacks it there): unpacked here for the smoke run only, then removed,
@@ -88,7 +93,7 @@ async function main(): Promise<void> {
       const out = execFileSync(process.execPath, [path.join(GPU, `bench/${bundle}.mjs`), ...args], { cwd: ROOT, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
       process.stdout.write(out.split('\n').filter((l) => !l.includes('maxDynamic') && !/step \d+:/.test(l)).join('\n'));
     };
-    smoke('compiled', ['--backend', 'webgpu', '--size', '64', '--cutn', '4', '--steps', '4', '--cut-method', 'latest', '--precision', 'f16']);
+    smoke('compiled', ['--backend', 'webgpu', '--size', '64', '--cutn', '4', '--steps', '4', '--cut-method', 'latest', '--precision', 'f16', '--recompute']);
     smoke('gpt', ['--backend', 'webgpu', '--engine', 'compiled', '--tokens', '4']);
   }
 }

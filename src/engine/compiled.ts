@@ -114,9 +114,19 @@ export class CompiledEngine {
 
   constructor(
     readonly device: GPUDevice,
-    opts: { maxCachedPlans?: number; submit?: boolean; precision?: Precision } = {},
+    opts: {
+      maxCachedPlans?: number;
+      submit?: boolean;
+      precision?: Precision;
+      /**
+       * Recompute the models' checkpointed blocks (the VQGAN decoder's) in the backward instead of keeping their
+       * intermediates until then: about a third less memory for the generate step, for one more decoder forward.
+       */
+      recompute?: boolean;
+    } = {},
   ) {
     this.maxCached = opts.maxCachedPlans ?? 8;
+    const recompute = opts.recompute ?? false;
     this.precision = opts.precision ?? 'f32';
     this.submit = opts.submit ?? true;
     const l = device.limits;
@@ -135,7 +145,8 @@ export class CompiledEngine {
       get(_, key: keyof Ops<Sym>) {
         if (key === 'read') return (x: Sym) => engine.evaluate([x]).then(([d]) => (d instanceof Float32Array ? d : Float32Array.from(d)));
         if (key === 'readInt') return (x: Sym) => engine.evaluate([x]).then(([d]) => (d instanceof Int32Array ? d : Int32Array.from(d)));
-        if (key === 'checkpoint') return undefined; // the plan decides memory
+        // Without recompute the plan decides memory alone (liveness); with it, regions autodiff runs again.
+        if (key === 'checkpoint') return recompute ? (fn: (x: Sym) => Sym, x: Sym) => (engine.current.checkpoint ? engine.current.checkpoint(fn, x) : fn(x)) : undefined;
         const target = engine.current as unknown as Record<PropertyKey, unknown>;
         let bound = boundByTarget.get(target);
         if (!bound) boundByTarget.set(target, (bound = new Map()));

@@ -1,6 +1,7 @@
 // Which engine runs the models: tfjs (op by op on the chosen tfjs backend: the reference, and the only engine on
 // CPUs) or compiled (the graph planned once into WGSL dispatches and replayed: WebGPU only). `auto` takes compiled
-// on webgpu and tfjs elsewhere. `--precision f16` (compiled only) stores the large weights as halves (compiled.ts).
+// on webgpu and tfjs elsewhere. `--precision f16` (compiled only) stores the large weights as halves, `--recompute`
+// trades one more decoder forward per step for memory (compiled.ts).
 import { UserError } from '../cli/errors.ts';
 import type { BackendReport } from './backend.ts';
 import { CompiledEngine, PRECISIONS, type Precision } from './compiled.ts';
@@ -34,7 +35,11 @@ export function parsePrecision(text: string | undefined): Precision {
   return found;
 }
 
-export function chooseEngine(choice: EngineChoice, report: BackendReport, precision: Precision = 'f32'): ChosenEngine {
+/**
+ * The engine for `choice` on this backend. `precision` and `recompute` (the VQGAN decoder's blocks recomputed in the
+ * backward: compiled.ts) apply to the compiled engine only; the tfjs engine always recomputes those blocks.
+ */
+export function chooseEngine(choice: EngineChoice, report: BackendReport, precision: Precision = 'f32', recompute = false): ChosenEngine {
   const gpu = report.backend === 'webgpu' ? currentWebGPU() : undefined;
   if (choice === 'compiled' && !gpu) {
     throw new UserError(`--engine compiled needs the webgpu backend (this run uses ${report.backend})`, 'add --backend webgpu, or use --engine tfjs');
@@ -43,7 +48,10 @@ export function chooseEngine(choice: EngineChoice, report: BackendReport, precis
     const why = choice === 'tfjs' ? 'this run uses --engine tfjs' : `this run uses the tfjs engine on ${report.backend}`;
     throw new UserError(`--precision ${precision} applies only to the compiled engine (${why})`, 'drop --precision, or use --engine compiled with --backend webgpu');
   }
+  if (recompute && (choice === 'tfjs' || !gpu)) {
+    throw new UserError('--recompute applies only to the compiled engine (the tfjs engine always recomputes the decoder blocks)', 'drop --recompute, or use --engine compiled with --backend webgpu');
+  }
   if (choice === 'tfjs' || !gpu) return { name: 'tfjs', ex: tfExecutor as Executor<unknown>, destroy: () => {} };
-  const compiled = new CompiledEngine(gpu.device, { precision });
+  const compiled = new CompiledEngine(gpu.device, { precision, recompute });
   return { name: 'compiled', ex: compiled.executor as Executor<unknown>, compiled, destroy: () => compiled.destroy() };
 }

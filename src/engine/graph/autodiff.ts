@@ -15,6 +15,16 @@ export function gradient(b: GraphBuilder, loss: Sym, wrt: Sym): Sym {
   b.own(wrt, 'gradient');
   if (sizeOf(loss.shape) !== 1 || loss.dtype !== 'f32') throw new Error(`gradient: the loss must be one float32 value, got ${loss.dtype}[${loss.shape}]`);
   if (wrt.dtype !== 'f32') throw new Error('gradient: w.r.t. an int32 tensor');
+  return backprop(b, loss, () => b.constant(Float32Array.of(1), loss.shape), wrt);
+}
+
+/**
+ * The gradient w.r.t. wrt of `out` (a node after it) given out's gradient `seed` (made only when out depends on wrt). A checkpoint region on the way
+ * (GraphBuilder.recomputable) is run again and its copy differentiated (a nested backprop), so nothing in the
+ * backward reads the forward's values inside the region.
+ */
+function backprop(b: GraphBuilder, out: Sym, seed: () => Sym, wrt: Sym): Sym {
+  const loss = out;
   const nodes = b.graph.nodes;
 
   // Nodes whose value depends on wrt along differentiable edges.
@@ -42,12 +52,17 @@ export function gradient(b: GraphBuilder, loss: Sym, wrt: Sym): Sym {
     }
     return g;
   };
-  grads.set(loss.id, b.constant(Float32Array.of(1), loss.shape));
+  grads.set(loss.id, seed());
   for (let id = loss.id; id > wrt.id; id--) {
     const g = total(id);
     if (!g || !reach[id]) continue;
     grads.delete(id);
     pieces.delete(id);
+    const region = id === loss.id ? undefined : b.recomputable.get(id);
+    if (region && region.x.id >= wrt.id) {
+      if (reach[region.x.id]) accumulate(region.x.id, backprop(b, b.recompute(region), () => g, region.x));
+      continue;
+    }
     const n = nodes[id];
     if (n.op === 'slice' && reach[n.inputs[0]]) {
       const list = pieces.get(n.inputs[0]) ?? [];

@@ -553,13 +553,44 @@ export type ReplayResult<R> =
   | { ok: false; reason: string };
 
 /** Records a graph: Ops<Sym> that appends one node per op (and a few per convenience op). */
+/** A checkpoint region: its function and input (GraphBuilder.checkpoint). */
+export interface Region {
+  fn: (x: Sym) => Sym;
+  x: Sym;
+}
+
 export class GraphBuilder extends SymOps {
   readonly graph: Graph = { nodes: [], outputs: {} };
   /** Backward semantics of straightThrough / stopGradient / clampWithGrad nodes. */
   readonly gradRules = new Map<number, GradRule>();
   /** syms[id] is the Sym of node id (replays hand out the recorded ones). */
   readonly syms: Sym[] = [];
+  /** checkpoint regions, by their output's node id: autodiff recomputes them in the backward (see checkpoint). */
+  readonly recomputable = new Map<number, Region>();
+  private recomputing = false;
   private readonly zeroArrays = new Map<string, Float32Array>();
+
+  /**
+   * fn(x), noted as a region whose backward recomputes it (gradient checkpointing): autodiff runs fn again where the
+   * region's gradient is needed and differentiates that copy, so the forward's intermediates are read only by the
+   * forward and the plan's liveness frees them there. CompiledEngine passes checkpoint to the models only when asked
+   * to trade that recomputation for memory.
+   */
+  override checkpoint(fn: (x: Sym) => Sym, x: Sym): Sym {
+    const y = fn(x);
+    if (!this.recomputing && y.id > x.id) this.recomputable.set(y.id, { fn, x });
+    return y;
+  }
+
+  /** A region's function run again on its input (new nodes; checkpoints inside it are not noted again). */
+  recompute(region: Region): Sym {
+    this.recomputing = true;
+    try {
+      return region.fn(region.x);
+    } finally {
+      this.recomputing = false;
+    }
+  }
 
   /** A graph input (fed every run), e.g. the latent z. */
   input(name: string, shape: number[], dtype: DType = 'f32'): Sym {
