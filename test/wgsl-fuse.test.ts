@@ -428,6 +428,29 @@ describe('elementwise fusion on the software adapter', () => {
     t.diagnostic(`dispatches ${plain.dispatches} -> ${fused.dispatches}`);
   });
 
+  test('an input in a caller-owned buffer (CompileOptions.bind) is read through a view of it too', async (t) => {
+    if (gpu.unavailable) return t.skip(gpu.unavailable);
+    // Row 1 of a [2, 64] state: 256 bytes in, an aligned view of the input's bytes, which bind moves with it.
+    const b = new GraphBuilder();
+    const state = b.input('state', [2, 64]);
+    b.output('out', b.sigmoid(b.slice(state, [1, 0], [1, 64])));
+    const plan = planGraph(b.graph, lowerings, DEFAULT_LIMITS, opts());
+    assert.ok(!plan.dispatches.some((d) => d.label.startsWith('slice')), 'the slice is a view');
+    const data = Float32Array.from({ length: 128 }, (_, i) => i / 32 - 2);
+    const own = gpu.device!.createBuffer({ size: data.byteLength, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+    gpu.device!.queue.writeBuffer(own, 0, data);
+    const c = await compilePlan(gpu.device!, plan, { bind: { state: own } });
+    try {
+      c.run();
+      const got = (await c.read('out')) as Float32Array;
+      const want = Float32Array.from(data.subarray(64), (v) => 1 / (1 + Math.exp(-v)));
+      assert.ok(maxAbsDiff(got, want) <= 1e-6, `max abs diff ${maxAbsDiff(got, want)}`);
+    } finally {
+      c.destroy();
+      own.destroy();
+    }
+  });
+
   test('separate outputs: a norm or bias value that the backward also reads is stored by the kernel of its activation', async (t) => {
     if (gpu.unavailable) return t.skip(gpu.unavailable);
     const r = rng(17);

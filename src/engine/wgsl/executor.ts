@@ -258,19 +258,23 @@ export async function compilePlan(device: GPUDevice, plan: Plan, opts: CompileOp
 
 /**
  * The plan with the named inputs moved to buffers of their own (kind 'bound', in the order of `names`), every slot
- * that referred to an input's bytes re-pointed there. An input's range in its arena is never shared (inputs live for
- * the whole run) and reshapes alias whole values, so a slot of an input is exactly the input's slot.
+ * within an input's bytes re-pointed there. An input's range in its arena is never shared (inputs live for the whole
+ * run), so a slot inside it is the input or a view of it (a reshape, a contiguous slice), at the same offset from its
+ * start.
  */
 function bindInputs(plan: Plan, names: string[]): Plan {
   const buffers = plan.buffers.slice();
-  const moved = new Map<string, Slot>();
+  const moved: Array<{ from: Slot; to: number }> = [];
   names.forEach((name, index) => {
     const t = plan.inputs[name];
     if (!t) throw new Error(`bind: no input named ${name} (inputs: ${Object.keys(plan.inputs).join(', ')})`);
-    moved.set(`${t.slot.buffer},${t.slot.offset}`, { buffer: buffers.length, offset: 0, size: t.slot.size });
+    moved.push({ from: t.slot, to: buffers.length });
     buffers.push({ kind: 'bound', size: t.slot.size, index });
   });
-  const re = (s: Slot): Slot => moved.get(`${s.buffer},${s.offset}`) ?? s;
+  const re = (s: Slot): Slot => {
+    const m = moved.find(({ from }) => s.buffer === from.buffer && s.offset >= from.offset && s.offset + s.size <= from.offset + from.size);
+    return m ? { buffer: m.to, offset: s.offset - m.from.offset, size: s.size } : s;
+  };
   const tensors = (r: Record<string, PlannedTensor>) => Object.fromEntries(Object.entries(r).map(([k, t]) => [k, { ...t, slot: re(t.slot) }]));
   return {
     ...plan,
