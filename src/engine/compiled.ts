@@ -119,8 +119,9 @@ export class CompiledEngine {
       submit?: boolean;
       precision?: Precision;
       /**
-       * Recompute the models' checkpointed blocks (the VQGAN decoder's) in the backward instead of keeping their
-       * intermediates until then: about a third less memory for the generate step, for one more decoder forward.
+       * Recompute the models' checkpointed blocks (the VQGAN decoder's and CLIP's residual blocks) in the backward
+       * instead of keeping their intermediates until then: less than half the generate step's arena, for one more
+       * forward of those blocks.
        */
       recompute?: boolean;
     } = {},
@@ -325,8 +326,7 @@ export class CompiledLoop implements TrainingLoop {
     const tag = `loop${this.id}.${++this.compiles}`;
     const inputs: Record<string, Sym> = {};
     for (const k of keys) inputs[k] = b.input(`${tag}:${k}`, state[k].shape);
-    const data: Record<string, Sym> = {};
-    for (const [k, v] of Object.entries(stepData)) data[k] = b.input(`${tag}:data:${k}`, v.shape, v.data instanceof Int32Array ? 'i32' : 'f32');
+    const data = dataNodes(b, tag, stepData);
     const forward = b.record((o) => this.engine.withOps(o, () => this.spec.forward(o, inputs, data)));
     const grad = gradient(b, forward.value.loss, inputs[this.spec.wrt]);
     const update = b.record((o) => this.engine.withOps(o, () => this.spec.update(o, inputs, grad, data)));
@@ -342,9 +342,7 @@ export class CompiledLoop implements TrainingLoop {
     const carry: Record<string, string> = {};
     if (steady) for (const k of keys) if (newId[inputs[k].id] >= 0) carry[`${tag}:${k}`] = `next:${k}`;
     const { compiled } = await this.engine.compileGraph(graph, carry);
-    const dataInputs = Object.keys(data)
-      .filter((k) => newId[data[k].id] >= 0)
-      .map((key) => ({ key, input: `${tag}:data:${key}` }));
+    const dataInputs = plannedData(data, newId, tag);
     const first: Record<string, Data> = {};
     for (const k of keys) if (newId[inputs[k].id] >= 0) first[`${tag}:${k}`] = state[k].data;
     for (const { key, input } of dataInputs) first[input] = stepData[key].data;
@@ -497,8 +495,7 @@ export class CompiledStepper {
     const keys = Object.keys(this.state).sort();
     const inputs: Record<string, Sym> = {};
     for (const k of keys) inputs[k] = b.input(`${tag}:${k}`, this.state[k].shape);
-    const data: Record<string, Sym> = {};
-    for (const [k, v] of Object.entries(stepData)) data[k] = b.input(`${tag}:data:${k}`, v.shape, v.data instanceof Int32Array ? 'i32' : 'f32');
+    const data = dataNodes(b, tag, stepData);
     const { reads, next } = this.engine.withOps(b, () => this.spec.step(b, inputs, data));
     const nextKeys = Object.keys(next).sort();
     if (nextKeys.join() !== keys.join() || !keys.every((k) => sameShape(next[k].shape, inputs[k].shape))) {
@@ -518,9 +515,7 @@ export class CompiledStepper {
       bind[`${tag}:${k}`] = this.state[k].buffer;
     }
     const { compiled } = await this.engine.compileGraph(graph, carry, bind);
-    const dataInputs = Object.keys(data)
-      .filter((k) => newId[data[k].id] >= 0)
-      .map((key) => ({ key, input: `${tag}:data:${key}` }));
+    const dataInputs = plannedData(data, newId, tag);
     return { compiled, dataInputs, reads: Object.keys(reads) };
   }
 
@@ -565,6 +560,20 @@ export class CompiledStepper {
     this.plans.clear();
     for (const { buffer } of Object.values(this.state)) buffer.destroy();
   }
+}
+
+/** One graph input per entry of a step's data (named `${tag}:data:${key}`). */
+function dataNodes(b: GraphBuilder, tag: string, stepData: Record<string, HostData>): Record<string, Sym> {
+  const data: Record<string, Sym> = {};
+  for (const [k, v] of Object.entries(stepData)) data[k] = b.input(`${tag}:data:${k}`, v.shape, v.data instanceof Int32Array ? 'i32' : 'f32');
+  return data;
+}
+
+/** The step data a plan reads (an input no node uses is dropped from the extracted graph), with its input names. */
+function plannedData(data: Record<string, Sym>, newId: Int32Array, tag: string): Array<{ key: string; input: string }> {
+  return Object.keys(data)
+    .filter((k) => newId[data[k].id] >= 0)
+    .map((key) => ({ key, input: `${tag}:data:${key}` }));
 }
 
 /** Names, dtypes and shapes of a step's data: equal signatures trace to the same ops. */

@@ -105,10 +105,6 @@ export const byteSize = (t: TensorInfo): number => {
  * the limit. In WGSL recover the flat index as `gid.x + gid.y * (nwg.x * size)` with
  * `@builtin(num_workgroups) nwg: vec3<u32>`, and return when it is >= count.
  */
-function unsupported(what: string): never {
-  throw new Error(`runLowered: ${what}`);
-}
-
 export function grid1d(count: number, size: number, limits: KernelLimits = DEFAULT_LIMITS): [number, number, number] {
   const groups = Math.max(1, Math.ceil(count / size));
   const x = Math.min(groups, limits.maxWorkgroupsPerDimension);
@@ -141,6 +137,10 @@ export interface HostTensorData {
   shape: number[];
   /** 'f16': the (f32) data is uploaded as packed halves, for an input the lowered node has with that storage. */
   storage?: 'f16';
+}
+
+function unsupported(what: string): never {
+  throw new Error(`runLowered: ${what}`);
 }
 
 /**
