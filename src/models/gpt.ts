@@ -242,7 +242,7 @@ export interface CacheSlots<T> {
 /** Additive mask of a hidden cache row: exp(-1e9 - max) is exactly 0 in float32, and stays finite (WGSL may assume no infinities). */
 const MASKED = -1e9;
 
-/** A fixed cache of zeros for `batch` samples. */
+/** The shape of one block's fixed k (or v) cache for `batch` samples. */
 export function fixedKvShape(cfg: GptConfig, batch: number): number[] {
   return [batch, cfg.nHead, cfg.blockSize, cfg.nEmbd / cfg.nHead];
 }

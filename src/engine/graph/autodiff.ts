@@ -6,6 +6,8 @@
 // The VJPs follow tfjs's gradient formulas (so the interpreted backward equals tf.grad of the same model on the
 // tfjs reference), with the gradient-routing semantics of ops.ts read from the builder's gradRules:
 // straightThrough sends the gradient to its target, stopGradient stops it, clampWithGrad uses ClampWithGrad.
+// A checkpoint region (GraphBuilder.checkpoint) is differentiated through a copy of it made where its gradient is
+// needed (recomputation), so the forward's values inside it are not read by the backward.
 import { sizeOf, type Attrs, type Node } from './ir.ts';
 import type { GradRule, GraphBuilder, Sym } from './trace.ts';
 
@@ -19,21 +21,20 @@ export function gradient(b: GraphBuilder, loss: Sym, wrt: Sym): Sym {
 }
 
 /**
- * The gradient w.r.t. wrt of `out` (a node after it) given out's gradient `seed` (made only when out depends on wrt). A checkpoint region on the way
- * (GraphBuilder.recomputable) is run again and its copy differentiated (a nested backprop), so nothing in the
- * backward reads the forward's values inside the region.
+ * The gradient w.r.t. wrt of `out` (a node after it) given out's gradient `seed` (made only when out depends on
+ * wrt). A checkpoint region on the way (GraphBuilder.recomputable) is run again and its copy differentiated (a nested
+ * backprop), so nothing in the backward reads the forward's values inside the region.
  */
 function backprop(b: GraphBuilder, out: Sym, seed: () => Sym, wrt: Sym): Sym {
-  const loss = out;
   const nodes = b.graph.nodes;
 
   // Nodes whose value depends on wrt along differentiable edges.
-  const reach = new Uint8Array(loss.id + 1);
-  if (wrt.id <= loss.id) reach[wrt.id] = 1;
-  for (let id = wrt.id + 1; id <= loss.id; id++) {
+  const reach = new Uint8Array(out.id + 1);
+  if (wrt.id <= out.id) reach[wrt.id] = 1;
+  for (let id = wrt.id + 1; id <= out.id; id++) {
     if (gradInputs(nodes[id], b.gradRules.get(id)).some((i) => reach[i])) reach[id] = 1;
   }
-  if (!reach[loss.id]) return b.zeros(wrt.shape);
+  if (!reach[out.id]) return b.zeros(wrt.shape);
 
   const grads = new Map<number, Sym>();
   const accumulate = (id: number, g: Sym) => {
@@ -52,13 +53,13 @@ function backprop(b: GraphBuilder, out: Sym, seed: () => Sym, wrt: Sym): Sym {
     }
     return g;
   };
-  grads.set(loss.id, seed());
-  for (let id = loss.id; id > wrt.id; id--) {
+  grads.set(out.id, seed());
+  for (let id = out.id; id > wrt.id; id--) {
     const g = total(id);
     if (!g || !reach[id]) continue;
     grads.delete(id);
     pieces.delete(id);
-    const region = id === loss.id ? undefined : b.recomputable.get(id);
+    const region = id === out.id ? undefined : b.recomputable.get(id);
     if (region && region.x.id >= wrt.id) {
       if (reach[region.x.id]) accumulate(region.x.id, backprop(b, b.recompute(region), () => g, region.x));
       continue;

@@ -34,9 +34,14 @@
 // Transposes (with epilogues): a transpose that only matmuls read is folded into each of them as a view (their GEMM
 // loads read its input at permuted indices; the transpose itself is then dead), so a matmul reading one heads a group
 // even with no epilogue; so is a transpose that only a reshape read by matmuls reads (the view then has the
-// reshape's shape: the GEMM loads index it flat, and a reshape keeps flat indices); and a transpose may end a group (the sink), which then runs over the transpose's input and
-// stores each element at its permuted place. Attention's head layouts ([B,T,H,D] <-> [B,H,T,D], forward and
-// backward) are all such transposes.
+// reshape's shape: the GEMM loads index it flat, and a reshape keeps flat indices); and a transpose may end a group
+// (the sink), which then runs over the transpose's input and stores each element at its permuted place. Attention's
+// head layouts ([B,T,H,D] <-> [B,H,T,D], forward and backward) are all such transposes.
+//
+// Separate outputs (with epilogues): one member whose value is also read outside the group may stay in it when
+// every input of the group comes before that member. The fused node then takes that member's id and value (ir.ts
+// fused.output), and the sink becomes a fusedOutput node whose value the same kernel stores: GroupNorm + swish, or a
+// biased linear + QuickGELU, whose inner value the backward's swishGrad / quickGeluGrad reads, run as one kernel.
 import { sizeOf, type FusedArg, type FusedStep, type Graph, type Node } from './ir.ts';
 
 export interface FuseOptions {
@@ -118,8 +123,8 @@ export function fuseElementwise(g: Graph, opts: FuseOptions): Graph {
     const transposeSink = opts.epilogues && sink.op === 'transpose' && sink.dtype === 'f32' && !viewed[sinkId];
     if (taken[sinkId] || !(computes(sink) || leadSink || transposeSink)) continue;
     const size = sizeOf(sink.shape);
-    // A group may keep one member whose value is also read outside it (a separate output, see the header) when
-    // allowed: then every input of the group must come before that member.
+    // A group may keep one member whose value is also read outside it (a separate output, see the header); if an
+    // input of the group comes after that member, the group is grown again without one.
     const grow = (allowExtra: boolean) => {
       const members = new Set<number>([sinkId]);
       const frame = new Map<number, number[]>([[sinkId, sink.shape]]);

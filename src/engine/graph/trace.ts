@@ -552,13 +552,13 @@ export type ReplayResult<R> =
   | { ok: true; value: R; consts: Map<number, ConstData> }
   | { ok: false; reason: string };
 
-/** Records a graph: Ops<Sym> that appends one node per op (and a few per convenience op). */
 /** A checkpoint region: its function and input (GraphBuilder.checkpoint). */
 export interface Region {
   fn: (x: Sym) => Sym;
   x: Sym;
 }
 
+/** Records a graph: Ops<Sym> that appends one node per op (and a few per convenience op). */
 export class GraphBuilder extends SymOps {
   readonly graph: Graph = { nodes: [], outputs: {} };
   /** Backward semantics of straightThrough / stopGradient / clampWithGrad nodes. */

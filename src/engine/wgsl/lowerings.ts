@@ -17,7 +17,7 @@ export function mergeLowerings<T extends Lowerings | HalfInputs>(...tables: T[])
   const all: Record<string, unknown> = {};
   for (const t of tables) {
     for (const [kind, lower] of Object.entries(t)) {
-      if (all[kind]) throw new Error(`two WGSL lowerings for ${kind}`);
+      if (all[kind]) throw new Error(`two kernel modules define ${kind} (lowerings or halfInputs)`);
       all[kind] = lower;
     }
   }
