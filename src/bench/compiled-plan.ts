@@ -12,7 +12,6 @@
 import { CompiledEngine, HALF_MIN_ELEMENTS } from '../engine/compiled.ts';
 import { fuseElementwise } from '../engine/graph/fuse.ts';
 import type { Graph } from '../engine/graph/ir.ts';
-import { createWebGPUDevice, currentWebGPU, destroyWebGPU } from '../engine/webgpu.ts';
 import type { CompiledGraph } from '../engine/wgsl/executor.ts';
 import { DEFAULT_LIMITS } from '../engine/wgsl/kernel.ts';
 import { halfInputs, lowerings } from '../engine/wgsl/lowerings.ts';
@@ -24,7 +23,7 @@ import { vqganWeights } from '../models/vqgan.ts';
 import type { CutMethod } from '../pipelines/cutouts.ts';
 import { DEFAULT_SETTINGS, Generation } from '../pipelines/generate.ts';
 import { VIT_B_32 } from './clip.ts';
-import { runStandalone } from './entry.ts';
+import { runStandalone, withWebGPU } from './entry.ts';
 import { F16_16384 } from './vqgan.ts';
 
 /** A CompiledGraph that does nothing: runs are no-ops, outputs read as zeros. */
@@ -69,8 +68,10 @@ function histogram(g: Graph, plan: Plan, top: number): string {
 }
 
 export async function benchCompiledPlan(log: (line: string) => void, opts: { size: number; cutn: number; cutMethod: CutMethod; recompute?: boolean }): Promise<void> {
-  const own = currentWebGPU() ? undefined : await createWebGPUDevice('allow');
-  const device = (currentWebGPU() ?? own!).device;
+  await withWebGPU(log, 'compiled plan', (setup) => planOn(log, setup.device, opts));
+}
+
+async function planOn(log: (line: string) => void, device: GPUDevice, opts: { size: number; cutn: number; cutMethod: CutMethod; recompute?: boolean }): Promise<void> {
   const engine = new CompiledEngine(device, { submit: false, recompute: opts.recompute });
   const graphs: Graph[] = [];
   engine.compileGraph = async (graph) => {
@@ -107,7 +108,6 @@ export async function benchCompiledPlan(log: (line: string) => void, opts: { siz
   } finally {
     gen?.dispose();
     engine.destroy();
-    if (own) destroyWebGPU(); // also forgets it as the current device, which a later section would otherwise reuse
   }
 }
 

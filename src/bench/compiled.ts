@@ -12,7 +12,7 @@
 //   node --import tsx src/bench/compiled.ts [--size 256] [--cutn 32] [--cut-method latest] [--steps 30] [--precision f16] [--recompute] [--backend webgpu]
 //   (or: npm run bench -- --only compiled)
 import { CompiledEngine, type Precision } from '../engine/compiled.ts';
-import { createWebGPUDevice, currentWebGPU, destroyWebGPU, type WebGPUSetup } from '../engine/webgpu.ts';
+import type { WebGPUSetup } from '../engine/webgpu.ts';
 import { clipWeights } from '../models/clip-load.ts';
 import { ByteTokenizer } from '../models/demo.ts';
 import { SyntheticWeights } from '../models/synthetic.ts';
@@ -20,7 +20,7 @@ import { vqganWeights } from '../models/vqgan.ts';
 import type { CutMethod } from '../pipelines/cutouts.ts';
 import { DEFAULT_SETTINGS, Generation } from '../pipelines/generate.ts';
 import { VIT_B_32 } from './clip.ts';
-import { runStandalone } from './entry.ts';
+import { runStandalone, withWebGPU } from './entry.ts';
 import { F16_16384 } from './vqgan.ts';
 
 const ANCHOR_MS: Record<number, number> = { 256: 75.7, 512: 193 };
@@ -42,16 +42,9 @@ export interface CompiledBenchOptions {
 
 /** Each cut method given (default: 'latest', the app's default, and 'original', the fewest dispatches). */
 export async function benchCompiled(log: (line: string) => void, opts: CompiledBenchOptions = {}): Promise<void> {
-  const own = currentWebGPU() ? undefined : await createWebGPUDevice('allow').catch((e: Error) => e);
-  if (own instanceof Error) {
-    log(`compiled engine: no WebGPU adapter (${own.message.split('\n')[0]}); skipped`);
-    return;
-  }
-  try {
-    for (const cutMethod of opts.cutMethod ? [opts.cutMethod] : (['latest', 'original'] as const)) await benchCompiledStep(log, currentWebGPU() ?? own!, { ...opts, cutMethod });
-  } finally {
-    if (own) destroyWebGPU(); // also forgets it as the current device, which a later section would otherwise reuse
-  }
+  await withWebGPU(log, 'compiled engine', async (setup) => {
+    for (const cutMethod of opts.cutMethod ? [opts.cutMethod] : (['latest', 'original'] as const)) await benchCompiledStep(log, setup, { ...opts, cutMethod });
+  });
 }
 
 async function benchCompiledStep(log: (line: string) => void, setup: WebGPUSetup, opts: CompiledBenchOptions): Promise<void> {

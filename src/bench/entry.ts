@@ -1,5 +1,23 @@
 // Running one bench file on its own (`node --import tsx src/bench/NAME.ts [--backend B] [--quick] [--flag V]`).
 import { initBackend, shutdownBackend, type BackendChoice } from '../engine/backend.ts';
+import { createWebGPUDevice, currentWebGPU, destroyWebGPU, type WebGPUSetup } from '../engine/webgpu.ts';
+
+/**
+ * Runs fn on the current WebGPU device (tfjs's webgpu backend), or on a device made for it (the software adapter if
+ * there is no GPU) and destroyed after it: destroyWebGPU also forgets it as the current one, which a later section
+ * would otherwise reuse. No adapter at all: logs why and skips `what`.
+ */
+export async function withWebGPU(log: (line: string) => void, what: string, fn: (setup: WebGPUSetup) => Promise<void>): Promise<void> {
+  const current = currentWebGPU();
+  if (current) return fn(current);
+  const own = await createWebGPUDevice('allow').catch((e: Error) => e);
+  if (own instanceof Error) return log(`${what}: no WebGPU adapter (${own.message.split('\n')[0]}); skipped`);
+  try {
+    await fn(own);
+  } finally {
+    destroyWebGPU();
+  }
+}
 
 /**
  * Whether a bench file is the program being run, by the script's file name: comparing import.meta.url with argv[1]

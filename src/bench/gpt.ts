@@ -36,11 +36,11 @@ import * as tf from '@tensorflow/tfjs';
 import { CompiledEngine, type Precision } from '../engine/compiled.ts';
 import type { Ops } from '../engine/ops.ts';
 import { tfOps } from '../engine/tfjs-ops.ts';
-import { createWebGPUDevice, currentWebGPU, destroyWebGPU } from '../engine/webgpu.ts';
+import type { WebGPUSetup } from '../engine/webgpu.ts';
 import type { TransformerConfig } from '../formats/taming-config.ts';
 import { KV_CHUNK, gptParameterCount, gptStep, kvTensors, makePermuter, type GptBlock, type GptConfig, type GptWeights, type KvCache, type Prior } from '../models/gpt.ts';
 import { defaultKvChunk, sampleCodes } from '../pipelines/sample.ts';
-import { runStandalone } from './entry.ts';
+import { runStandalone, withWebGPU } from './entry.ts';
 
 export interface GptBenchOptions {
   quick?: boolean;
@@ -295,12 +295,10 @@ function randomConstWeights<T>(o: Ops<T>, cfg: GptConfig): GptWeights<T> {
 
 /** The compiled engine's sampling step at the cin depth: dispatches and host milliseconds per token (see the header). */
 export async function benchGptCompiled(log: (line: string) => void, opts: GptCompiledBenchOptions = {}): Promise<void> {
-  const own = currentWebGPU() ? undefined : await createWebGPUDevice('allow').catch((e: Error) => e);
-  if (own instanceof Error) {
-    log(`compiled GPT step: no WebGPU adapter (${own.message.split('\n')[0]}); skipped`);
-    return;
-  }
-  const setup = currentWebGPU() ?? own!;
+  await withWebGPU(log, 'compiled GPT step', (setup) => benchGptCompiledOn(log, setup, opts));
+}
+
+async function benchGptCompiledOn(log: (line: string) => void, setup: WebGPUSetup, opts: GptCompiledBenchOptions): Promise<void> {
   const hardware = !setup.info.software;
   const cfg: GptConfig = { ...CIN, nEmbd: opts.width ?? (hardware ? CIN.nEmbd : 192) };
   const tokens = Math.max(2, opts.tokens ?? 16);
@@ -340,7 +338,6 @@ export async function benchGptCompiled(log: (line: string) => void, opts: GptCom
     }
   } finally {
     engine.destroy();
-    if (own) destroyWebGPU(); // also forgets it as the current device, which a later section would otherwise reuse
   }
 }
 
