@@ -36,7 +36,7 @@ export interface CompiledBenchOptions {
   steps?: number;
   /** The compiled engine's weight storage (default f32). */
   precision?: Precision;
-  /** Recompute the decoder's blocks in the backward (CompiledEngine's recompute). */
+  /** Recompute the checkpointed blocks in the backward (CompiledEngine's recompute). */
   recompute?: boolean;
 }
 
@@ -60,7 +60,7 @@ async function benchCompiledStep(log: (line: string) => void, setup: WebGPUSetup
     const tModels = performance.now();
     const vw = vqganWeights(o, new SyntheticWeights(16384), F16_16384, { encoder: false });
     const cw = clipWeights(o, new SyntheticWeights(32), VIT_B_32);
-    log(`compiled engine on ${setup.info.device || setup.info.description} (${hardware ? 'hardware: runs submitted' : 'software: encoded, not submitted'}; weights ${opts.precision ?? 'f32'}${opts.recompute ? '; decoder blocks recomputed' : ''}); random weights in ${((performance.now() - tModels) / 1000).toFixed(1)} s`);
+    log(`compiled engine on ${setup.info.device || setup.info.description} (${hardware ? 'hardware: runs submitted' : 'software: encoded, not submitted'}; weights ${opts.precision ?? 'f32'}${opts.recompute ? '; checkpointed blocks recomputed' : ''}); random weights in ${((performance.now() - tModels) / 1000).toFixed(1)} s`);
     const settings = { ...DEFAULT_SETTINGS, prompts: 'a watercolor lighthouse at dawn', width: size, height: size, cutn, cutMethod: method, seed: 1, iterations: steps };
     gen = (await Generation.create(engine.executor, { name: 'f16_16384', config: F16_16384, weights: vw }, [{ name: 'ViT-B/32', config: VIT_B_32, weights: cw, tokenizer: new ByteTokenizer(77), weight: 1 }], settings)) as Generation<unknown>;
     const rows: { wall: number; host: number; replay: number; encode: number; compiles: number }[] = [];

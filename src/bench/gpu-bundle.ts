@@ -4,7 +4,7 @@
 // external and resolves to the carried `.gpu/node_modules/webgpu`) and writes `.gpu/check-compiled.sh`, which runs
 // them on the GPU machine in order of importance, each under a timeout, and writes each one's output to $OUT:
 //   - the generate iteration at 256x256 / 32 cutouts, 'latest' and 'original' (goal <= 75 ms; PyTorch 75.7 ms), and
-//     with f16 weights, and with the decoder's blocks recomputed; at 512x512 (goal <= 190 ms; PyTorch 193 ms); each
+//     with f16 weights, and with the checkpointed blocks recomputed; at 512x512 (goal <= 190 ms; PyTorch 193 ms); each
 //     prints its plan's memory (goal: half of PyTorch's peak, 3.2 / 7.4 GiB);
 //   - the GPT prior's step at the cin shape, batch 1 (goal >= 150 tokens/s; PyTorch 44), f32 and f16.
 //

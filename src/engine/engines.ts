@@ -36,7 +36,7 @@ export function parsePrecision(text: string | undefined): Precision {
 }
 
 /**
- * The engine for `choice` on this backend. `precision` and `recompute` (the VQGAN decoder's blocks recomputed in the
+ * The engine for `choice` on this backend. `precision` and `recompute` (the checkpointed blocks recomputed in the
  * backward: compiled.ts) apply to the compiled engine only; the tfjs engine always recomputes those blocks.
  */
 export function chooseEngine(choice: EngineChoice, report: BackendReport, precision: Precision = 'f32', recompute = false): ChosenEngine {

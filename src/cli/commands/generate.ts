@@ -24,7 +24,7 @@ export interface GenerateArgs {
   engine?: string;
   /** f32 | f16 (compiled engine only: engines.ts). */
   precision?: string;
-  /** Recompute the decoder's blocks in the backward (compiled engine only). */
+  /** Recompute the checkpointed blocks (VQGAN decoder, CLIP) in the backward (compiled engine only). */
   recompute?: boolean;
   prompt?: string;
   prompts?: string;
@@ -191,7 +191,7 @@ export function generateOptions<T>(y: Argv<T>) {
     .option('resume', { type: 'string', describe: 'continue an interrupted run from its .resume.safetensors file' })
     .option('engine', { type: 'string', describe: "auto, tfjs or compiled (WebGPU: the step planned once into WGSL dispatches and replayed); auto = compiled on webgpu (or VQCLIP_ENGINE)" })
     .option('precision', { type: 'string', describe: 'f32 (default) or f16: the compiled engine stores the large weights (conv, linear) as halves, half their memory; math stays float32' })
-    .option('recompute', { type: 'boolean', describe: "compiled engine: recompute the decoder's blocks in the backward instead of keeping them, about 60% less memory for one more decoder forward per step" })
+    .option('recompute', { type: 'boolean', describe: "compiled engine: recompute the VQGAN decoder's and CLIP's blocks in the backward instead of keeping their intermediates, about 60% less memory for one more forward of them per step" })
     .option('json', { type: 'boolean', describe: 'print a one-line JSON summary on stdout at the end' })
     .option('quiet', { alias: 'q', type: 'boolean', describe: 'no progress output' });
 }
