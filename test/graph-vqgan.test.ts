@@ -2,7 +2,7 @@
 // autodiff gradient equals tf.valueAndGrad and the PyTorch fixture's grad_dL_dz (MANIFEST.md tolerances), on cpu.
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe, test, type TestContext } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend, shutdownBackend } from '../src/engine/backend.ts';
 import { fuseElementwise } from '../src/engine/graph/fuse.ts';
@@ -21,12 +21,19 @@ before(async () => void (await initBackend('cpu')));
 after(async () => void (await shutdownBackend()));
 
 describe('tiny VQGAN decoder: trace + autodiff + interpret on tfjs cpu', () => {
-  test('tiny VQGAN decode: forward and gradient equal tfjs and the fixture (grad_decode_out, grad_dL_dz)', async (t) => {
+  /** The tiny VQGAN's files and its decoder on tfOps, or undefined when a fixture is missing (the test skips, saying so). */
+  async function tiny(t: TestContext) {
     const ckpt = fixture(t, 'tiny_vqgan.ckpt');
     const ref = reference(t, 'vqgan_reference.safetensors');
-    if (!ckpt || !ref) return;
+    if (!ckpt || !ref) return undefined;
     const yaml = path.join(FIXTURES, 'tiny_vqgan.yaml');
-    const vqTf = await loadVqgan(tfOps, ckpt, yaml, { encoder: false });
+    return { ckpt, ref, yaml, vqTf: await loadVqgan(tfOps, ckpt, yaml, { encoder: false }) };
+  }
+
+  test('tiny VQGAN decode: forward and gradient equal tfjs and the fixture (grad_decode_out, grad_dL_dz)', async (t) => {
+    const f = await tiny(t);
+    if (!f) return;
+    const { ckpt, ref, yaml, vqTf } = f;
     const b = new GraphBuilder();
     const vqG = await loadVqgan(b, ckpt, yaml, { encoder: false });
     const z = ref.get('grad_z')!;
@@ -48,11 +55,9 @@ describe('tiny VQGAN decoder: trace + autodiff + interpret on tfjs cpu', () => {
   });
 
   test('checkpointed blocks recomputed in the backward: the same gradient, and the forward\'s intermediates die early', async (t) => {
-    const ckpt = fixture(t, 'tiny_vqgan.ckpt');
-    const ref = reference(t, 'vqgan_reference.safetensors');
-    if (!ckpt || !ref) return;
-    const yaml = path.join(FIXTURES, 'tiny_vqgan.yaml');
-    const vqTf = await loadVqgan(tfOps, ckpt, yaml, { encoder: false });
+    const f = await tiny(t);
+    if (!f) return;
+    const { ckpt, ref, yaml, vqTf } = f;
     const z = ref.get('grad_z')!;
     const [n, c, h, w] = z.shape;
     // The same decoder traced with checkpoint (GraphBuilder's: regions autodiff recomputes) and without it (every
