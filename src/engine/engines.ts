@@ -1,7 +1,7 @@
 // Which engine runs the models: tfjs (op by op on the chosen tfjs backend: the reference, and the only engine on
 // CPUs) or compiled (the graph planned once into WGSL dispatches and replayed: WebGPU only). `auto` takes compiled
 // on webgpu and tfjs elsewhere. `--precision f16` (compiled only) stores the large weights as halves, `--recompute`
-// trades one more decoder forward per step for memory (compiled.ts).
+// trades one more forward of the checkpointed blocks per step for memory (compiled.ts).
 import { UserError } from '../cli/errors.ts';
 import type { BackendReport } from './backend.ts';
 import { CompiledEngine, PRECISIONS, type Precision } from './compiled.ts';
